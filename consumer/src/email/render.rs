@@ -5,9 +5,11 @@
 //! - Templates are compiled into the binary and checked when the [`Renderer`]
 //!   is built, so a broken template fails at startup, not per event.
 //! - Every producer-supplied text (display name, merchant, description,
-//!   transaction id) is reduced to one line of bounded length by
-//!   [`clean_line`] before it reaches a template. The HTML templates escape
-//!   every value, so such text cannot add markup.
+//!   transaction id) is reduced to one line of bounded length before it
+//!   reaches a template. Control characters become spaces, bidirectional
+//!   formatting and zero-width characters are removed, and a value over its
+//!   limit is cut and ends with an ellipsis. The HTML templates escape every
+//!   value, so such text cannot add markup.
 //! - The subject is a single line without control or bidirectional formatting
 //!   characters, at most [`RenderConfig::subject_max_chars`] characters long.
 //! - Amounts are formatted from integer minor units with the currency's ISO
