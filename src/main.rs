@@ -1,1 +1,6 @@
+//! `txnotify` command-line program.
+
+#[cfg(test)]
+mod mail_sink;
+
 fn main() {}
