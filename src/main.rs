@@ -1,6 +1,88 @@
-//! `txnotify` command-line program.
+//! `txnotify`: turns payment transaction events on Kafka into customer emails.
+//!
+//! Commands:
+//!
+//! - `publish`: validate JSON Lines events and publish them ([`publish`]).
+//! - `topics ensure`: create the group's topics and report drift ([`topics`]).
+//! - `notify`: run a notifier worker ([`notify`]).
+//! - `demo`: the whole pipeline in one process on an embedded broker ([`demo`]).
 
-#[cfg(test)]
+mod config;
+mod demo;
+mod logging;
 mod mail_sink;
+mod notify;
+mod publish;
+mod topics;
 
-fn main() {}
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Turns payment transaction events on Kafka into customer email notifications.
+#[derive(Debug, Parser)]
+#[command(name = "txnotify", version, about)]
+struct Cli {
+    /// TOML configuration file; `TXNOTIFY_SECTION__KEY` variables override it.
+    #[arg(long, short, global = true, env = "TXNOTIFY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Bootstrap brokers as host:port[,host:port]; overrides the configuration.
+    #[arg(long, global = true)]
+    bootstrap_servers: Option<String>,
+    /// Log format: `json`, `text`, or `auto` (text on a terminal, JSON otherwise).
+    #[arg(long, global = true, default_value = "auto")]
+    log_format: logging::LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate and publish events, one JSON object per line, from a file or stdin.
+    Publish(publish::PublishArgs),
+    /// Manage the source, retry, dead-letter and ledger topics.
+    Topics {
+        #[command(subcommand)]
+        command: topics::TopicsCommand,
+    },
+    /// Run a notifier worker until SIGTERM or SIGINT.
+    Notify(notify::NotifyArgs),
+    /// Run the whole pipeline in one process, with no infrastructure, and print a report.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: failed to start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Demo(args) = cli.command {
+        return demo::run(args).await;
+    }
+    let mut config = config::AppConfig::load(cli.config.as_deref())?;
+    if let Some(servers) = cli.bootstrap_servers {
+        config.kafka.bootstrap_servers = servers;
+    }
+    match cli.command {
+        Command::Publish(args) => publish::run(config, args).await,
+        Command::Topics { command } => topics::run(config, command).await,
+        Command::Notify(args) => notify::run(config, args).await,
+        Command::Demo(_) => unreachable!("handled above"),
+    }
+}

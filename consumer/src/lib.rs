@@ -1,6 +1,27 @@
-//! Notifier side of txnotify.
+//! The txnotify notifier: turns `TransactionEvent` records into customer emails, one
+//! per event in effect, with bounded retries and a dead-letter topic for the rest.
 //!
-//! Modules:
-//! - [`email`]: renders a `TransactionEvent` into an email and sends it over SMTP.
+//! Layout, one pipeline stage per module:
+//!
+//! - [`worker`]: the consumer-group member; lanes, held retry records, offset storing.
+//! - [`pipeline`]: one record from decode to a durable outcome.
+//! - [`ledger`]: the sled dedupe ledger with compare-and-swap transitions.
+//! - [`offsets`]: contiguous per-partition watermarks.
+//! - [`retry`]: the retry policy and its decision value.
+//! - [`record`]: delivery metadata in record headers.
+//! - [`email`]: rendering, message building and the SMTP sender.
+//! - [`topics`]: topic names and the settings `topics ensure` applies.
+//! - [`events`] and [`stats`]: telemetry events and counters.
+//! - [`config`]: worker settings and their validation.
 
+pub mod config;
 pub mod email;
+pub mod events;
+pub mod ledger;
+pub mod offsets;
+pub mod pipeline;
+pub mod record;
+pub mod retry;
+pub mod stats;
+pub mod topics;
+pub mod worker;

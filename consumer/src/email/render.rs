@@ -69,7 +69,7 @@ const TEMPLATES: &[(&str, &str)] = &[
 ];
 
 /// Settings of the [`Renderer`].
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RenderConfig {
     /// Name of the sending service, shown in the closing line of each body.

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use crate::email::message::validate_message_id_domain;
 
 /// Encryption of the connection to the SMTP server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TlsMode {
     /// Plain text. Only for servers on the same host or a trusted network.
@@ -38,7 +38,7 @@ impl TlsMode {
 /// The password is never part of this struct. It is read from the environment
 /// variable named by `password_env` or from the file at `password_file` when
 /// the sender is built, so the struct can be logged and printed safely.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SmtpConfig {
     /// Host name or IP address of the SMTP server.

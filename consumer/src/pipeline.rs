@@ -1,0 +1,389 @@
+//! Processing of one record, from decode to a durable outcome.
+//!
+//! Every record ends in exactly one of: sent, duplicate skipped, published to a retry
+//! tier, or published to the dead-letter topic. Only infrastructure failures (the ledger
+//! store, or Kafka refusing the retry or dead-letter record until shutdown) end without
+//! an outcome, and then the record's offset is never stored, so it is redelivered.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use tokio::sync::watch;
+use txnotify_schemas::{ErrorClass, Limits, TransactionEvent};
+
+use crate::config::UnknownOutcomePolicy;
+use crate::email::{build_message, Renderer, SendFailureClass, SmtpSender};
+use crate::events::{DeadLettered, DuplicateSkipped, NotificationSent, OutcomeUnknown, RecordRef, RetryScheduled};
+use crate::ledger::{Ledger, LedgerError, Reservation};
+use crate::record::{forward_headers, DeliveryState, Forward, Origin};
+use crate::retry::{Decision, RetryPolicy};
+use crate::stats::Stats;
+use crate::topics::TopicNames;
+
+/// Failure that stops the worker: the record stays unacknowledged and is redelivered.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The ledger store failed.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// The worker is shutting down and the record has no durable outcome yet.
+    #[error("shutdown before the outcome of the record was durable")]
+    ShuttingDown,
+}
+
+/// Everything a lane needs to process records.
+pub struct Pipeline {
+    /// Topic names of the group.
+    pub topics: TopicNames,
+    /// Retry bounds.
+    pub retry: RetryPolicy,
+    /// Unknown-outcome policy.
+    pub unknown_outcome: UnknownOutcomePolicy,
+    /// Payload limits.
+    pub limits: Limits,
+    /// Dedupe ledger.
+    pub ledger: Ledger,
+    /// Ledger owner id of this worker.
+    pub owner: u64,
+    /// Template renderer.
+    pub renderer: Renderer,
+    /// SMTP sender.
+    pub sender: SmtpSender,
+    /// Producer for retry and dead-letter records.
+    pub producer: FutureProducer,
+    /// Delivery timeout for retry and dead-letter records.
+    pub produce_timeout: Duration,
+    /// Counters.
+    pub stats: Arc<Stats>,
+    /// Becomes true when the worker shuts down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// How a record ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The SMTP server accepted the message.
+    Sent,
+    /// The ledger showed it as sent already.
+    Duplicate,
+    /// Published to retry tier `n`.
+    Retried(usize),
+    /// Published to the dead-letter topic.
+    DeadLettered(ErrorClass),
+}
+
+/// Returns the current wall-clock time in milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    let elapsed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Returns where a record was consumed: its topic, partition, offset and timestamp.
+pub fn here(message: &OwnedMessage) -> Origin {
+    Origin {
+        topic: message.topic().to_owned(),
+        partition: message.partition(),
+        offset: message.offset(),
+        timestamp_ms: message.timestamp().to_millis(),
+    }
+}
+
+impl Pipeline {
+    /// Processes one record to a durable outcome.
+    ///
+    /// 1. Read the delivery headers; malformed ones dead-letter as `invalid`.
+    /// 2. Decode and validate the event; a failure dead-letters as `invalid`.
+    /// 3. Reserve the event in the ledger; a sent event is a duplicate.
+    /// 4. Render, build and send the email.
+    /// 5. Record the outcome in the ledger, or route the failure to a retry tier or the
+    ///    dead-letter topic.
+    pub async fn process(&self, message: &OwnedMessage) -> Result<Outcome, PipelineError> {
+        let here = here(message);
+        let state = match DeliveryState::from_headers(message.headers(), here.clone()) {
+            Ok(state) => state,
+            Err(error) => {
+                let state = DeliveryState {
+                    attempts_made: 0,
+                    budget: Default::default(),
+                    not_before_ms: None,
+                    origin: here,
+                };
+                let reason = error.to_string();
+                return self
+                    .dead_letter(message, &state, None, ErrorClass::Invalid, &reason)
+                    .await;
+            }
+        };
+        let attempt = state.attempts_made.saturating_add(1);
+
+        let payload = message.payload().unwrap_or_default();
+        let event = match txnotify_schemas::decode(payload, &self.limits) {
+            Ok(event) => event,
+            Err(error) => {
+                let reason = error.to_string();
+                return self
+                    .dead_letter(message, &state, None, ErrorClass::Invalid, &reason)
+                    .await;
+            }
+        };
+        let record = RecordRef {
+            event_id: Some(event.event_id),
+            topic: message.topic(),
+            partition: message.partition(),
+            offset: message.offset(),
+            attempt,
+        };
+
+        match self.ledger.reserve(event.event_id, self.owner, now_ms())? {
+            Reservation::Acquired { took_over } => {
+                if took_over {
+                    tracing::warn!(
+                        event_id = %event.event_id,
+                        topic = record.topic,
+                        partition = record.partition,
+                        offset = record.offset,
+                        attempt,
+                        "Took over a stale ledger reservation; an earlier worker may have sent this event."
+                    );
+                }
+            }
+            Reservation::AlreadySent => {
+                DuplicateSkipped { record }.emit(&self.stats);
+                return Ok(Outcome::Duplicate);
+            }
+            Reservation::HeldByOther => {
+                let reason = "event is reserved by another worker";
+                return self.after_transient(message, &state, &record, reason).await;
+            }
+            Reservation::UnknownOutcome => match self.unknown_outcome {
+                UnknownOutcomePolicy::DeadLetter => {
+                    let reason = "an earlier send of this event ended with an unknown outcome";
+                    return self
+                        .dead_letter(message, &state, Some(&record), ErrorClass::UnknownOutcome, reason)
+                        .await;
+                }
+                UnknownOutcomePolicy::Resend => {
+                    if !self.ledger.reserve_after_unknown(event.event_id, self.owner, now_ms())? {
+                        let reason = "ledger entry changed while resending an unknown outcome";
+                        return self.after_transient(message, &state, &record, reason).await;
+                    }
+                    self.stats.record_resent_after_unknown();
+                }
+            },
+        }
+
+        self.send(message, &state, &record, &event).await
+    }
+
+    async fn send(
+        &self,
+        message: &OwnedMessage,
+        state: &DeliveryState,
+        record: &RecordRef<'_>,
+        event: &TransactionEvent,
+    ) -> Result<Outcome, PipelineError> {
+        let built = self
+            .renderer
+            .render(event)
+            .map_err(|error| error.to_string())
+            .and_then(|rendered| {
+                build_message(
+                    event,
+                    &rendered,
+                    self.sender.sender_mailbox(),
+                    self.sender.message_id_domain(),
+                ).map_err(|error| error.to_string())
+            });
+        let email = match built {
+            Ok(email) => email,
+            Err(reason) => {
+                self.ledger.release(event.event_id, self.owner)?;
+                return self
+                    .dead_letter(message, state, Some(record), ErrorClass::Permanent, &reason)
+                    .await;
+            }
+        };
+
+        match self.sender.send(&email).await {
+            Ok(receipt) => {
+                self.ledger
+                    .mark_sent(event.event_id, self.owner, &receipt.reply, now_ms())?;
+                NotificationSent {
+                    record: *record,
+                    smtp_code: receipt.code,
+                }
+                .emit(&self.stats);
+                Ok(Outcome::Sent)
+            }
+            Err(error) => {
+                let reason = error.to_string();
+                match error.class() {
+                    SendFailureClass::Transient => {
+                        self.ledger.release(event.event_id, self.owner)?;
+                        self.after_transient(message, state, record, &reason).await
+                    }
+                    SendFailureClass::Permanent => {
+                        self.ledger.release(event.event_id, self.owner)?;
+                        self.dead_letter(message, state, Some(record), ErrorClass::Permanent, &reason)
+                            .await
+                    }
+                    SendFailureClass::UnknownOutcome => {
+                        self.ledger.mark_unknown(event.event_id, self.owner, now_ms())?;
+                        let resend = self.unknown_outcome == UnknownOutcomePolicy::Resend;
+                        OutcomeUnknown {
+                            record: *record,
+                            error: &reason,
+                            resend,
+                        }
+                        .emit(&self.stats);
+                        if resend {
+                            self.after_transient(message, state, record, &reason).await
+                        } else {
+                            self.dead_letter(
+                                message,
+                                state,
+                                Some(record),
+                                ErrorClass::UnknownOutcome,
+                                &reason,
+                            )
+                            .await
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn after_transient(
+        &self,
+        message: &OwnedMessage,
+        state: &DeliveryState,
+        record: &RecordRef<'_>,
+        reason: &str,
+    ) -> Result<Outcome, PipelineError> {
+        let attempt = state.attempts_made.saturating_add(1);
+        match self.retry.after_transient(attempt, &state.budget, now_ms()) {
+            Decision::Retry {
+                tier,
+                not_before_ms,
+                first_failure_ms,
+                deadline_ms,
+            } => {
+                let forward = Forward {
+                    attempts_made: attempt,
+                    first_failure_ms,
+                    deadline_ms: Some(deadline_ms),
+                    not_before_ms: Some(not_before_ms),
+                    class: ErrorClass::Transient,
+                    message: reason,
+                    origin: &state.origin,
+                    group: &self.topics.group,
+                };
+                self.produce(message, &self.topics.retry(tier), &forward).await?;
+                RetryScheduled {
+                    record: *record,
+                    tier,
+                    not_before_ms,
+                    error: reason,
+                }
+                .emit(&self.stats);
+                Ok(Outcome::Retried(tier))
+            }
+            Decision::DeadLetter { class, reason: why } => {
+                let full = format!("{why}; last error: {reason}");
+                self.dead_letter(message, state, Some(record), class, &full).await
+            }
+        }
+    }
+
+    async fn dead_letter(
+        &self,
+        message: &OwnedMessage,
+        state: &DeliveryState,
+        record: Option<&RecordRef<'_>>,
+        class: ErrorClass,
+        reason: &str,
+    ) -> Result<Outcome, PipelineError> {
+        let attempt = state.attempts_made.saturating_add(1);
+        let now = now_ms();
+        let forward = Forward {
+            attempts_made: attempt,
+            first_failure_ms: state.budget.first_failure_ms.unwrap_or(now),
+            deadline_ms: state.budget.deadline_ms,
+            not_before_ms: None,
+            class,
+            message: reason,
+            origin: &state.origin,
+            group: &self.topics.group,
+        };
+        self.produce(message, &self.topics.dlq(), &forward).await?;
+        let record = record.copied().unwrap_or(RecordRef {
+            event_id: None,
+            topic: message.topic(),
+            partition: message.partition(),
+            offset: message.offset(),
+            attempt,
+        });
+        DeadLettered {
+            record,
+            class,
+            error: reason,
+        }
+        .emit(&self.stats);
+        Ok(Outcome::DeadLettered(class))
+    }
+
+    /// Publishes the record's key and value unchanged to `topic` and waits for the
+    /// acknowledgement. A refused record is tried again with a capped backoff until it is
+    /// acknowledged or the worker shuts down.
+    async fn produce(
+        &self,
+        message: &OwnedMessage,
+        topic: &str,
+        forward: &Forward<'_>,
+    ) -> Result<(), PipelineError> {
+        let headers = forward_headers(message.headers(), forward);
+        let mut backoff = Duration::from_millis(100);
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            let mut record: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(topic).headers(headers.clone());
+            if let Some(key) = message.key() {
+                record = record.key(key);
+            }
+            if let Some(payload) = message.payload() {
+                record = record.payload(payload);
+            }
+            let result = self
+                .producer
+                .send(record, Timeout::After(self.produce_timeout))
+                .await;
+            match result {
+                Ok(_) => return Ok(()),
+                Err((error, _)) => {
+                    tracing::error!(
+                        topic,
+                        origin_topic = message.topic(),
+                        partition = message.partition(),
+                        offset = message.offset(),
+                        error = %error,
+                        "Failed to publish a retry or dead-letter record; trying again."
+                    );
+                }
+            }
+            if *shutdown.borrow() {
+                return Err(PipelineError::ShuttingDown);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.changed() => return Err(PipelineError::ShuttingDown),
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+}
