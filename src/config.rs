@@ -114,7 +114,9 @@ mod tests {
 
     #[test]
     fn file_values_override_defaults() {
-        let file = write("[kafka]\nbootstrap_servers = \"10.0.0.1:9093\"\n[notifier]\ngroup_id = \"g1\"\n");
+        let file = write(
+            "[kafka]\nbootstrap_servers = \"10.0.0.1:9093\"\n[notifier]\ngroup_id = \"g1\"\n",
+        );
         let config = AppConfig::load(Some(file.path())).unwrap();
         assert_eq!(config.kafka.bootstrap_servers, "10.0.0.1:9093");
         assert_eq!(config.notifier.group_id, "g1");

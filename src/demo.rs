@@ -149,15 +149,23 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     // Duplicates come from events with healthy recipients: a duplicate of an event that
     // was dead-lettered is attempted again, which is right but makes the count depend on
     // timing.
-    for event in events.iter().skip(FIRST_DUPLICATE).take(usize::try_from(duplicates)?) {
+    for event in events
+        .iter()
+        .skip(FIRST_DUPLICATE)
+        .take(usize::try_from(duplicates)?)
+    {
         pending.push(publisher.enqueue(event, None)?);
     }
     for record in pending {
         record.acknowledged().await?;
     }
-    let raw: FutureProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create()?;
+    let raw: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()?;
     raw.send(
-        FutureRecord::to(SOURCE_TOPIC).key("acct-broken").payload("{not json"),
+        FutureRecord::to(SOURCE_TOPIC)
+            .key("acct-broken")
+            .payload("{not json"),
         Timeout::After(Duration::from_secs(5)),
     )
     .await
@@ -191,8 +199,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     // 5. Compare with the inputs, the mail sink and the dead-letter topic.
     let snapshot = stats.snapshot();
     let received = sink.received();
-    let unique_ids: BTreeSet<&str> = received.iter().filter_map(|message| message.message_id.as_deref()).collect();
-    let dlq = read_dead_letters(&bootstrap, &notifier_config.topic_names().dlq(), settings.retry_partitions)?;
+    let unique_ids: BTreeSet<&str> = received
+        .iter()
+        .filter_map(|message| message.message_id.as_deref())
+        .collect();
+    let dlq = read_dead_letters(
+        &bootstrap,
+        &notifier_config.topic_names().dlq(),
+        settings.retry_partitions,
+    )?;
     sink.stop();
 
     let report = Report {
@@ -222,7 +237,10 @@ struct Report<'a> {
 
 impl Report<'_> {
     fn dlq_count(&self, class: &str) -> u64 {
-        self.dlq_classes.iter().filter(|seen| seen.as_str() == class).count() as u64
+        self.dlq_classes
+            .iter()
+            .filter(|seen| seen.as_str() == class)
+            .count() as u64
     }
 
     fn counted(&self, class: &str) -> u64 {
@@ -232,23 +250,63 @@ impl Report<'_> {
     fn rows(&self) -> Vec<(&'static str, u64, u64)> {
         let expected = self.expected;
         vec![
-            ("records published", expected.records, self.snapshot.consumed.saturating_sub(self.snapshot.retried())),
+            (
+                "records published",
+                expected.records,
+                self.snapshot
+                    .consumed
+                    .saturating_sub(self.snapshot.retried()),
+            ),
             ("sent", expected.sent, self.snapshot.sent),
-            ("emails received by the sink", expected.sent, self.mails_received),
-            ("distinct Message-IDs at the sink", expected.sent, self.unique_message_ids),
-            ("duplicates skipped", expected.duplicates, self.snapshot.duplicates),
+            (
+                "emails received by the sink",
+                expected.sent,
+                self.mails_received,
+            ),
+            (
+                "distinct Message-IDs at the sink",
+                expected.sent,
+                self.unique_message_ids,
+            ),
+            (
+                "duplicates skipped",
+                expected.duplicates,
+                self.snapshot.duplicates,
+            ),
             ("retried", expected.retried, self.snapshot.retried()),
-            ("dead-lettered: permanent", expected.permanent, self.counted("permanent")),
-            ("dead-lettered: invalid", expected.invalid, self.counted("invalid")),
+            (
+                "dead-lettered: permanent",
+                expected.permanent,
+                self.counted("permanent"),
+            ),
+            (
+                "dead-lettered: invalid",
+                expected.invalid,
+                self.counted("invalid"),
+            ),
             ("dead-lettered: exhausted", 0, self.counted("exhausted")),
-            ("dead-lettered: unknown-outcome", 0, self.counted("unknown-outcome")),
-            ("dead letters on the topic: permanent", expected.permanent, self.dlq_count("permanent")),
-            ("dead letters on the topic: invalid", expected.invalid, self.dlq_count("invalid")),
+            (
+                "dead-lettered: unknown-outcome",
+                0,
+                self.counted("unknown-outcome"),
+            ),
+            (
+                "dead letters on the topic: permanent",
+                expected.permanent,
+                self.dlq_count("permanent"),
+            ),
+            (
+                "dead letters on the topic: invalid",
+                expected.invalid,
+                self.dlq_count("invalid"),
+            ),
         ]
     }
 
     fn matches(&self) -> bool {
-        self.rows().iter().all(|(_, expected, actual)| expected == actual)
+        self.rows()
+            .iter()
+            .all(|(_, expected, actual)| expected == actual)
             && self.dlq_classes.len() as u64 == self.expected.permanent + self.expected.invalid
     }
 
@@ -256,7 +314,11 @@ impl Report<'_> {
         println!("txnotify demo report");
         println!("{:<40} {:>9} {:>9}", "", "expected", "observed");
         for (label, expected, actual) in self.rows() {
-            let mark = if expected == actual { "" } else { "  <-- differs" };
+            let mark = if expected == actual {
+                ""
+            } else {
+                "  <-- differs"
+            };
             println!("{label:<40} {expected:>9} {actual:>9}{mark}");
         }
     }
@@ -286,7 +348,11 @@ fn read_dead_letters(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::R
         if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
             let class = message
                 .headers()
-                .and_then(|found| found.iter().find(|header| header.key == headers::ERROR_CLASS))
+                .and_then(|found| {
+                    found
+                        .iter()
+                        .find(|header| header.key == headers::ERROR_CLASS)
+                })
                 .and_then(|header| header.value)
                 .map(|value| String::from_utf8_lossy(value).into_owned())
                 .unwrap_or_default();
@@ -298,9 +364,28 @@ fn read_dead_letters(bootstrap: &str, topic: &str, partitions: i32) -> anyhow::R
 
 /// Builds the `index`-th sample event; a few indexes get the faulty recipients.
 fn sample_event(index: u32) -> TransactionEvent {
-    const NAMES: [&str; 6] = ["Ada Lovelace", "Jürgen Müller", "Grace Hopper", "Zoë Brontë", "Kenji Sato", "Amara Okafor"];
-    const MERCHANTS: [&str; 5] = ["Corner Bakery", "Bücherstube Lindau", "Metro Transit", "Café <Noir> & Co", "Nordic Outfitters"];
-    const CURRENCIES: [(&str, i64); 5] = [("EUR", 100), ("USD", 100), ("GBP", 100), ("JPY", 1), ("BHD", 1000)];
+    const NAMES: [&str; 6] = [
+        "Ada Lovelace",
+        "Jürgen Müller",
+        "Grace Hopper",
+        "Zoë Brontë",
+        "Kenji Sato",
+        "Amara Okafor",
+    ];
+    const MERCHANTS: [&str; 5] = [
+        "Corner Bakery",
+        "Bücherstube Lindau",
+        "Metro Transit",
+        "Café <Noir> & Co",
+        "Nordic Outfitters",
+    ];
+    const CURRENCIES: [(&str, i64); 5] = [
+        ("EUR", 100),
+        ("USD", 100),
+        ("GBP", 100),
+        ("JPY", 1),
+        ("BHD", 1000),
+    ];
     let i = usize::try_from(index).unwrap_or(0);
     let (currency, scale) = CURRENCIES[i % CURRENCIES.len()];
     let email = match index {

@@ -20,7 +20,8 @@ const DEFAULT_FILTER: &str = "info,lettre=warn,rdkafka=warn";
 
 /// Installs the global subscriber, writing to stderr.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     // A user's RUST_LOG may raise everything to debug; lettre's debug lines still stay off.
     let filter = filter.add_directive("lettre=warn".parse().expect("static directive"));
     let json = match format {
@@ -32,7 +33,11 @@ pub fn init(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     if json {
-        builder.json().flatten_event(true).with_current_span(false).init();
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init();
     } else {
         builder.init();
     }

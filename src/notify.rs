@@ -61,7 +61,9 @@ pub async fn run(mut config: AppConfig, args: NotifyArgs) -> anyhow::Result<Exit
 
 /// Completes on the first SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
-    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+    let mut terminate = match tokio::signal::unix::signal(
+        tokio::signal::unix::SignalKind::terminate(),
+    ) {
         Ok(signal) => signal,
         Err(error) => {
             tracing::error!(error = %error, "Failed to listen for SIGTERM; only SIGINT stops the worker.");

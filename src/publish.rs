@@ -83,7 +83,10 @@ pub async fn run(config: AppConfig, args: PublishArgs) -> anyhow::Result<ExitCod
         Box::new(std::io::stdin())
     } else {
         let file = std::fs::File::open(&args.input).map_err(|error| {
-            anyhow::anyhow!("failed to open input file {}: {error}", args.input.display())
+            anyhow::anyhow!(
+                "failed to open input file {}: {error}",
+                args.input.display()
+            )
         })?;
         Box::new(file)
     };

@@ -74,11 +74,15 @@ pub async fn ensure(
             topic
         })
         .collect();
-    let options = AdminOptions::new().operation_timeout(Some(timeout)).request_timeout(Some(timeout));
+    let options = AdminOptions::new()
+        .operation_timeout(Some(timeout))
+        .request_timeout(Some(timeout));
     let results = admin
         .create_topics(&new_topics, &options)
         .await
-        .map_err(|error| anyhow::anyhow!("create topics request failed: {error}; check kafka.bootstrap_servers"))?;
+        .map_err(|error| {
+            anyhow::anyhow!("create topics request failed: {error}; check kafka.bootstrap_servers")
+        })?;
 
     let mut existing = Vec::new();
     for result in results {
@@ -94,7 +98,10 @@ pub async fn ensure(
 
     let mut drift = Vec::new();
     for name in existing {
-        let spec = specs.iter().find(|spec| spec.name == name).expect("created from specs");
+        let spec = specs
+            .iter()
+            .find(|spec| spec.name == name)
+            .expect("created from specs");
         drift.extend(compare(admin, spec, timeout).await?);
     }
     Ok(drift)
@@ -109,7 +116,9 @@ async fn compare(
     let metadata = admin
         .inner()
         .fetch_metadata(Some(&spec.name), timeout)
-        .map_err(|error| anyhow::anyhow!("failed to read metadata of topic {}: {error}", spec.name))?;
+        .map_err(|error| {
+            anyhow::anyhow!("failed to read metadata of topic {}: {error}", spec.name)
+        })?;
     let partitions = metadata
         .topics()
         .iter()
@@ -133,7 +142,10 @@ async fn compare(
             return Ok(drift);
         }
         Ok(None) | Err(_) => {
-            println!("note: configuration of topic {} not readable; only partitions were compared", spec.name);
+            println!(
+                "note: configuration of topic {} not readable; only partitions were compared",
+                spec.name
+            );
             return Ok(drift);
         }
     };

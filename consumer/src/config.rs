@@ -32,7 +32,10 @@ impl KafkaConfig {
     /// Checks the settings and returns a message naming the field at fault.
     pub fn validate(&self) -> Result<(), String> {
         if self.bootstrap_servers.trim().is_empty() {
-            return Err("kafka.bootstrap_servers is empty; set it to host:port of at least one broker".into());
+            return Err(
+                "kafka.bootstrap_servers is empty; set it to host:port of at least one broker"
+                    .into(),
+            );
         }
         for server in self.bootstrap_servers.split(',') {
             let server = server.trim();
@@ -191,11 +194,32 @@ mod tests {
     fn invalid_settings_name_the_field() {
         let base = NotifierConfig::default();
         let cases = [
-            (NotifierConfig { group_id: "bad group".into(), ..base.clone() }, "notifier.group_id"),
-            (NotifierConfig { max_in_flight: 0, ..base.clone() }, "notifier.max_in_flight"),
-            (NotifierConfig { max_payload_bytes: 10, ..base.clone() }, "notifier.max_payload_bytes"),
             (
-                NotifierConfig { drain_timeout_ms: 50_000, ..base.clone() },
+                NotifierConfig {
+                    group_id: "bad group".into(),
+                    ..base.clone()
+                },
+                "notifier.group_id",
+            ),
+            (
+                NotifierConfig {
+                    max_in_flight: 0,
+                    ..base.clone()
+                },
+                "notifier.max_in_flight",
+            ),
+            (
+                NotifierConfig {
+                    max_payload_bytes: 10,
+                    ..base.clone()
+                },
+                "notifier.max_payload_bytes",
+            ),
+            (
+                NotifierConfig {
+                    drain_timeout_ms: 50_000,
+                    ..base.clone()
+                },
                 "notifier.drain_timeout_ms",
             ),
         ];

@@ -62,7 +62,12 @@ impl NotificationSent<'_> {
     /// Logs the event and counts it.
     pub fn emit(&self, stats: &Stats) {
         stats.record_sent();
-        record_event!(info, self.record, smtp_code = self.smtp_code, "Notification sent.");
+        record_event!(
+            info,
+            self.record,
+            smtp_code = self.smtp_code,
+            "Notification sent."
+        );
     }
 }
 
@@ -76,7 +81,11 @@ impl DuplicateSkipped<'_> {
     /// Logs the event and counts it.
     pub fn emit(&self, stats: &Stats) {
         stats.record_duplicate();
-        record_event!(info, self.record, "Duplicate skipped because the ledger shows it sent.");
+        record_event!(
+            info,
+            self.record,
+            "Duplicate skipped because the ledger shows it sent."
+        );
     }
 }
 

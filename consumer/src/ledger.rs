@@ -28,7 +28,8 @@ pub enum LedgerError {
     #[error(
         "failed to open the ledger at {path}: {source}; if another notifier uses this \
          directory, give each worker its own ledger.path; if the files are corrupt, move the \
-         directory aside and restart, since the ledger restores from its changelog topic"
+         directory aside and restart, knowing that an empty ledger no longer remembers which \
+         events were sent"
     )]
     Open {
         /// Directory of the store.
@@ -153,7 +154,9 @@ pub struct Ledger {
 
 impl std::fmt::Debug for Ledger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ledger").field("ttl", &self.ttl).finish_non_exhaustive()
+        f.debug_struct("Ledger")
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
     }
 }
 
@@ -236,9 +239,9 @@ impl Ledger {
                 expires_at_ms: now_ms.saturating_add(duration_ms(self.ttl)),
                 reply: None,
             };
-            let swapped = self
-                .db
-                .compare_and_swap(key, current.as_deref(), Some(encode_entry(&next)))?;
+            let swapped =
+                self.db
+                    .compare_and_swap(key, current.as_deref(), Some(encode_entry(&next)))?;
             if swapped.is_ok() {
                 return Ok(Reservation::Acquired { took_over });
             }
@@ -398,12 +401,9 @@ mod tests {
 
     fn ledger() -> (tempfile::TempDir, Ledger) {
         let dir = tempfile::tempdir().unwrap();
-        let ledger = Ledger::open_path(
-            dir.path(),
-            Duration::from_secs(60),
-            Duration::from_secs(10),
-        )
-        .unwrap();
+        let ledger =
+            Ledger::open_path(dir.path(), Duration::from_secs(60), Duration::from_secs(10))
+                .unwrap();
         (dir, ledger)
     }
 
@@ -416,8 +416,14 @@ mod tests {
             Reservation::Acquired { took_over: false }
         );
         ledger.mark_sent(id, 1, "250 ok", 1_100).unwrap();
-        assert_eq!(ledger.reserve(id, 2, 1_200).unwrap(), Reservation::AlreadySent);
-        assert_eq!(ledger.get(id).unwrap().unwrap().reply.as_deref(), Some("250 ok"));
+        assert_eq!(
+            ledger.reserve(id, 2, 1_200).unwrap(),
+            Reservation::AlreadySent
+        );
+        assert_eq!(
+            ledger.get(id).unwrap().unwrap().reply.as_deref(),
+            Some("250 ok")
+        );
     }
 
     #[test]
@@ -425,7 +431,10 @@ mod tests {
         let (_dir, ledger) = ledger();
         let id = Uuid::new_v4();
         ledger.reserve(id, 1, 1_000).unwrap();
-        assert_eq!(ledger.reserve(id, 2, 2_000).unwrap(), Reservation::HeldByOther);
+        assert_eq!(
+            ledger.reserve(id, 2, 2_000).unwrap(),
+            Reservation::HeldByOther
+        );
         assert_eq!(
             ledger.reserve(id, 1, 2_000).unwrap(),
             Reservation::Acquired { took_over: false }
@@ -464,7 +473,10 @@ mod tests {
         let id = Uuid::new_v4();
         ledger.reserve(id, 1, 1_000).unwrap();
         ledger.mark_unknown(id, 1, 1_001).unwrap();
-        assert_eq!(ledger.reserve(id, 1, 1_002).unwrap(), Reservation::UnknownOutcome);
+        assert_eq!(
+            ledger.reserve(id, 1, 1_002).unwrap(),
+            Reservation::UnknownOutcome
+        );
         assert!(ledger.reserve_after_unknown(id, 3, 1_003).unwrap());
         ledger.mark_sent(id, 3, "250", 1_004).unwrap();
     }
@@ -507,7 +519,10 @@ mod tests {
         }
         let ledger =
             Ledger::open_path(dir.path(), Duration::from_secs(60), Duration::from_secs(1)).unwrap();
-        assert_eq!(ledger.reserve(id, 2, 2_000).unwrap(), Reservation::AlreadySent);
+        assert_eq!(
+            ledger.reserve(id, 2, 2_000).unwrap(),
+            Reservation::AlreadySent
+        );
     }
 
     #[test]
@@ -515,6 +530,9 @@ mod tests {
         let (dir, _ledger) = ledger();
         let error = Ledger::open_path(dir.path(), Duration::from_secs(1), Duration::from_secs(1))
             .unwrap_err();
-        assert!(error.to_string().contains("failed to open the ledger"), "{error}");
+        assert!(
+            error.to_string().contains("failed to open the ledger"),
+            "{error}"
+        );
     }
 }

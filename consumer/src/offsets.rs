@@ -73,7 +73,10 @@ impl OffsetTracker {
 
     /// Returns the number of records started and not yet finished.
     pub fn in_flight(&self) -> usize {
-        self.partitions.values().map(|state| state.in_flight.len()).sum()
+        self.partitions
+            .values()
+            .map(|state| state.in_flight.len())
+            .sum()
     }
 
     /// Returns the number of started and unfinished records of one partition.

@@ -16,7 +16,9 @@ use txnotify_schemas::{ErrorClass, Limits, TransactionEvent};
 
 use crate::config::UnknownOutcomePolicy;
 use crate::email::{build_message, Renderer, SendFailureClass, SmtpSender};
-use crate::events::{DeadLettered, DuplicateSkipped, NotificationSent, OutcomeUnknown, RecordRef, RetryScheduled};
+use crate::events::{
+    DeadLettered, DuplicateSkipped, NotificationSent, OutcomeUnknown, RecordRef, RetryScheduled,
+};
 use crate::ledger::{Ledger, LedgerError, Reservation};
 use crate::record::{forward_headers, DeliveryState, Forward, Origin};
 use crate::retry::{Decision, RetryPolicy};
@@ -62,7 +64,7 @@ pub struct Pipeline {
     pub shutdown: watch::Receiver<bool>,
 }
 
-/// How a record ended.
+/// Final state of a processed record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// The SMTP server accepted the message.
@@ -164,11 +166,20 @@ impl Pipeline {
                 UnknownOutcomePolicy::DeadLetter => {
                     let reason = "an earlier send of this event ended with an unknown outcome";
                     return self
-                        .dead_letter(message, &state, Some(&record), ErrorClass::UnknownOutcome, reason)
+                        .dead_letter(
+                            message,
+                            &state,
+                            Some(&record),
+                            ErrorClass::UnknownOutcome,
+                            reason,
+                        )
                         .await;
                 }
                 UnknownOutcomePolicy::Resend => {
-                    if !self.ledger.reserve_after_unknown(event.event_id, self.owner, now_ms())? {
+                    if !self
+                        .ledger
+                        .reserve_after_unknown(event.event_id, self.owner, now_ms())?
+                    {
                         let reason = "ledger entry changed while resending an unknown outcome";
                         return self.after_transient(message, &state, &record, reason).await;
                     }
@@ -197,7 +208,8 @@ impl Pipeline {
                     &rendered,
                     self.sender.sender_mailbox(),
                     self.sender.message_id_domain(),
-                ).map_err(|error| error.to_string())
+                )
+                .map_err(|error| error.to_string())
             });
         let email = match built {
             Ok(email) => email,
@@ -229,11 +241,18 @@ impl Pipeline {
                     }
                     SendFailureClass::Permanent => {
                         self.ledger.release(event.event_id, self.owner)?;
-                        self.dead_letter(message, state, Some(record), ErrorClass::Permanent, &reason)
-                            .await
+                        self.dead_letter(
+                            message,
+                            state,
+                            Some(record),
+                            ErrorClass::Permanent,
+                            &reason,
+                        )
+                        .await
                     }
                     SendFailureClass::UnknownOutcome => {
-                        self.ledger.mark_unknown(event.event_id, self.owner, now_ms())?;
+                        self.ledger
+                            .mark_unknown(event.event_id, self.owner, now_ms())?;
                         let resend = self.unknown_outcome == UnknownOutcomePolicy::Resend;
                         OutcomeUnknown {
                             record: *record,
@@ -284,7 +303,8 @@ impl Pipeline {
                     origin: &state.origin,
                     group: &self.topics.group,
                 };
-                self.produce(message, &self.topics.retry(tier), &forward).await?;
+                self.produce(message, &self.topics.retry(tier), &forward)
+                    .await?;
                 RetryScheduled {
                     record: *record,
                     tier,
@@ -296,7 +316,8 @@ impl Pipeline {
             }
             Decision::DeadLetter { class, reason: why } => {
                 let full = format!("{why}; last error: {reason}");
-                self.dead_letter(message, state, Some(record), class, &full).await
+                self.dead_letter(message, state, Some(record), class, &full)
+                    .await
             }
         }
     }

@@ -74,12 +74,19 @@ impl DeliveryState {
     ///
     /// A record without origin headers was consumed from its source, so `here` becomes
     /// its origin.
-    pub fn from_headers<H: Headers>(headers: Option<&H>, here: Origin) -> Result<Self, HeaderError> {
+    pub fn from_headers<H: Headers>(
+        headers: Option<&H>,
+        here: Origin,
+    ) -> Result<Self, HeaderError> {
         let attempts_made =
             parse_number::<H, u32>(headers, headers::ATTEMPT, "a decimal attempt count")?
                 .unwrap_or(0);
         let budget = RetryBudget {
-            first_failure_ms: parse_number(headers, headers::FIRST_FAILURE_MS, "epoch milliseconds")?,
+            first_failure_ms: parse_number(
+                headers,
+                headers::FIRST_FAILURE_MS,
+                "epoch milliseconds",
+            )?,
             deadline_ms: parse_number(headers, headers::DEADLINE_MS, "epoch milliseconds")?,
         };
         let not_before_ms = parse_number(headers, headers::NOT_BEFORE_MS, "epoch milliseconds")?;
@@ -101,7 +108,11 @@ impl DeliveryState {
                     .unwrap_or(here.partition),
                 offset: parse_number(headers, headers::ORIGIN_OFFSET, "an offset")?
                     .unwrap_or(here.offset),
-                timestamp_ms: parse_number(headers, headers::ORIGIN_TIMESTAMP_MS, "epoch milliseconds")?,
+                timestamp_ms: parse_number(
+                    headers,
+                    headers::ORIGIN_TIMESTAMP_MS,
+                    "epoch milliseconds",
+                )?,
             },
             None => here,
         };
@@ -146,7 +157,8 @@ pub fn forward_headers<H: Headers>(original: Option<&H>, forward: &Forward<'_>) 
     if let Some(original) = original {
         for header in original.iter() {
             let owned = header.key.starts_with(headers::PREFIX);
-            let kept_replay = header.key == headers::REPLAY_ID || header.key == headers::REPLAY_COUNT;
+            let kept_replay =
+                header.key == headers::REPLAY_ID || header.key == headers::REPLAY_COUNT;
             if !owned || kept_replay {
                 out = out.insert(Header {
                     key: header.key,
@@ -164,7 +176,10 @@ pub fn forward_headers<H: Headers>(original: Option<&H>, forward: &Forward<'_>) 
         });
     };
     set(headers::ATTEMPT, forward.attempts_made.to_string());
-    set(headers::FIRST_FAILURE_MS, forward.first_failure_ms.to_string());
+    set(
+        headers::FIRST_FAILURE_MS,
+        forward.first_failure_ms.to_string(),
+    );
     if let Some(deadline) = forward.deadline_ms {
         set(headers::DEADLINE_MS, deadline.to_string());
     }
@@ -172,9 +187,15 @@ pub fn forward_headers<H: Headers>(original: Option<&H>, forward: &Forward<'_>) 
         set(headers::NOT_BEFORE_MS, not_before.to_string());
     }
     set(headers::ERROR_CLASS, forward.class.as_str().to_owned());
-    set(headers::ERROR_MESSAGE, truncate(forward.message, MAX_ERROR_MESSAGE_BYTES));
+    set(
+        headers::ERROR_MESSAGE,
+        truncate(forward.message, MAX_ERROR_MESSAGE_BYTES),
+    );
     set(headers::ORIGIN_TOPIC, forward.origin.topic.clone());
-    set(headers::ORIGIN_PARTITION, forward.origin.partition.to_string());
+    set(
+        headers::ORIGIN_PARTITION,
+        forward.origin.partition.to_string(),
+    );
     set(headers::ORIGIN_OFFSET, forward.origin.offset.to_string());
     if let Some(timestamp) = forward.origin.timestamp_ms {
         set(headers::ORIGIN_TIMESTAMP_MS, timestamp.to_string());
@@ -257,9 +278,18 @@ mod tests {
     fn cycling_never_grows_headers() {
         let origin = source();
         let original = OwnedHeaders::new()
-            .insert(Header { key: "event-id", value: Some("abc") })
-            .insert(Header { key: "traceparent", value: Some("00-x") })
-            .insert(Header { key: headers::REPLAY_COUNT, value: Some("1") });
+            .insert(Header {
+                key: "event-id",
+                value: Some("abc"),
+            })
+            .insert(Header {
+                key: "traceparent",
+                value: Some("00-x"),
+            })
+            .insert(Header {
+                key: headers::REPLAY_COUNT,
+                value: Some("1"),
+            });
         let once = forward_headers(Some(&original), &forward(&origin, 1));
         let twice = forward_headers(Some(&once), &forward(&origin, 2));
         let thrice = forward_headers(Some(&twice), &forward(&origin, 3));
@@ -269,8 +299,14 @@ mod tests {
         unique.dedup();
         assert_eq!(unique.len(), thrice.count());
         assert_eq!(header_bytes(Some(&thrice), "event-id"), Some(&b"abc"[..]));
-        assert_eq!(header_bytes(Some(&thrice), headers::REPLAY_COUNT), Some(&b"1"[..]));
-        assert_eq!(header_bytes(Some(&thrice), headers::ATTEMPT), Some(&b"3"[..]));
+        assert_eq!(
+            header_bytes(Some(&thrice), headers::REPLAY_COUNT),
+            Some(&b"1"[..])
+        );
+        assert_eq!(
+            header_bytes(Some(&thrice), headers::ATTEMPT),
+            Some(&b"3"[..])
+        );
     }
 
     #[test]

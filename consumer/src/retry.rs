@@ -67,7 +67,10 @@ impl RetryPolicy {
                 reason: format!("gave up after {attempt} attempts"),
             };
         }
-        let index = usize::try_from(attempt).unwrap_or(usize::MAX).min(self.tiers_ms.len()) - 1;
+        let index = usize::try_from(attempt)
+            .unwrap_or(usize::MAX)
+            .min(self.tiers_ms.len())
+            - 1;
         let delay_ms = i64::try_from(self.tiers_ms[index]).unwrap_or(i64::MAX);
         let first_failure_ms = budget.first_failure_ms.unwrap_or(now_ms);
         let deadline_ms = budget.deadline_ms.unwrap_or_else(|| {
@@ -172,7 +175,10 @@ mod tests {
             deadline_ms: Some(500),
         };
         let decision = policy().after_transient(2, &budget, 0);
-        assert!(matches!(decision, Decision::DeadLetter { .. }), "{decision:?}");
+        assert!(
+            matches!(decision, Decision::DeadLetter { .. }),
+            "{decision:?}"
+        );
     }
 
     #[test]
@@ -193,10 +199,34 @@ mod tests {
     #[test]
     fn invalid_policies_name_the_field() {
         let cases = [
-            (RetryPolicy { tiers_ms: vec![], ..policy() }, "retry.tiers_ms"),
-            (RetryPolicy { tiers_ms: vec![10, 0], ..policy() }, "retry.tiers_ms[1]"),
-            (RetryPolicy { max_attempts: 0, ..policy() }, "retry.max_attempts"),
-            (RetryPolicy { deadline_ms: 1, ..policy() }, "retry.deadline_ms"),
+            (
+                RetryPolicy {
+                    tiers_ms: vec![],
+                    ..policy()
+                },
+                "retry.tiers_ms",
+            ),
+            (
+                RetryPolicy {
+                    tiers_ms: vec![10, 0],
+                    ..policy()
+                },
+                "retry.tiers_ms[1]",
+            ),
+            (
+                RetryPolicy {
+                    max_attempts: 0,
+                    ..policy()
+                },
+                "retry.max_attempts",
+            ),
+            (
+                RetryPolicy {
+                    deadline_ms: 1,
+                    ..policy()
+                },
+                "retry.deadline_ms",
+            ),
         ];
         for (policy, field) in cases {
             let message = policy.validate().unwrap_err();

@@ -79,7 +79,12 @@ impl Stats {
 
     /// Counts one record published to retry tier `tier`.
     pub fn record_retry(&self, tier: usize) {
-        *self.retries.lock().expect("stats lock").entry(tier).or_default() += 1;
+        *self
+            .retries
+            .lock()
+            .expect("stats lock")
+            .entry(tier)
+            .or_default() += 1;
     }
 
     /// Counts one dead letter of class `class`.

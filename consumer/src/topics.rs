@@ -81,7 +81,10 @@ impl TopicSettings {
     /// Checks the settings and returns a message naming the field at fault.
     pub fn validate(&self) -> Result<(), String> {
         if self.partitions < 1 {
-            return Err(format!("topics.partitions is {}; set it to 1 or more", self.partitions));
+            return Err(format!(
+                "topics.partitions is {}; set it to 1 or more",
+                self.partitions
+            ));
         }
         if self.retry_partitions < 1 {
             return Err(format!(
@@ -189,7 +192,11 @@ mod tests {
         assert_eq!(plan.len(), 6);
         let compacted: Vec<_> = plan
             .iter()
-            .filter(|topic| topic.configs.contains(&("cleanup.policy", "compact".into())))
+            .filter(|topic| {
+                topic
+                    .configs
+                    .contains(&("cleanup.policy", "compact".into()))
+            })
             .map(|topic| topic.name.as_str())
             .collect();
         assert_eq!(compacted, ["txnotify-email.ledger"]);

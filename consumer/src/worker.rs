@@ -21,7 +21,7 @@ use rdkafka::consumer::{
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::FutureProducer;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use txnotify_schemas::headers;
@@ -160,7 +160,10 @@ impl Notifier {
     /// 2. Dispatch each record to its lane, holding retry records until they are due.
     /// 3. Store each partition's watermark once the ledger flush covers its records.
     /// 4. On shutdown, stop reading, drain within `drain_timeout_ms`, commit synchronously.
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), WorkerError> {
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), WorkerError> {
         let names = self.config.topic_names();
         let (rebalance_tx, mut rebalance_rx) = mpsc::unbounded_channel();
         let context = WorkerContext {
@@ -172,11 +175,20 @@ impl Notifier {
             .set("group.id", &self.config.group_id)
             .set("enable.auto.commit", "true")
             .set("enable.auto.offset.store", "false")
-            .set("auto.commit.interval.ms", self.config.commit_interval_ms.to_string())
+            .set(
+                "auto.commit.interval.ms",
+                self.config.commit_interval_ms.to_string(),
+            )
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
-            .set("session.timeout.ms", self.config.session_timeout_ms.to_string())
-            .set("max.poll.interval.ms", self.config.max_poll_interval_ms.to_string());
+            .set(
+                "session.timeout.ms",
+                self.config.session_timeout_ms.to_string(),
+            )
+            .set(
+                "max.poll.interval.ms",
+                self.config.max_poll_interval_ms.to_string(),
+            );
         for (key, value) in &self.kafka.properties {
             consumer_config.set(key, value);
         }
@@ -191,7 +203,10 @@ impl Notifier {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
-            .set("message.timeout.ms", self.config.produce_timeout_ms.to_string());
+            .set(
+                "message.timeout.ms",
+                self.config.produce_timeout_ms.to_string(),
+            );
         for (key, value) in &self.kafka.properties {
             producer_config.set(key, value);
         }
@@ -271,7 +286,7 @@ impl Notifier {
                     }
                 },
                 Some(key) = release_rx.recv() => {
-                    release_due(&consumer, &names, &mut held, &key, &lanes, &release_tx).await;
+                    release_due(&consumer, &mut held, &key, &lanes, &release_tx).await;
                 }
                 received = consumer.recv() => match received {
                     Ok(borrowed) => {
@@ -394,7 +409,6 @@ fn hold(
 /// when none is left waiting.
 async fn release_due(
     consumer: &StreamConsumer<WorkerContext>,
-    _names: &crate::topics::TopicNames,
     held: &mut HashMap<TopicPartition, VecDeque<OwnedMessage>>,
     key: &TopicPartition,
     lanes: &[mpsc::Sender<Job>],
@@ -429,7 +443,9 @@ fn store_watermarks(
 ) {
     let mut advanced: HashMap<TopicPartition, i64> = HashMap::new();
     for finished in batch {
-        if let Some(watermark) = tracker.finish(&finished.topic, finished.partition, finished.offset) {
+        if let Some(watermark) =
+            tracker.finish(&finished.topic, finished.partition, finished.offset)
+        {
             advanced.insert((finished.topic, finished.partition), watermark);
         }
     }
@@ -490,9 +506,4 @@ async fn run_committer(
             return;
         }
     }
-}
-
-#[allow(dead_code)]
-fn seek_to(consumer: &StreamConsumer<WorkerContext>, topic: &str, partition: i32, offset: i64) {
-    let _ = consumer.seek(topic, partition, Offset::Offset(offset), Duration::from_secs(1));
 }

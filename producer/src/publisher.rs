@@ -50,10 +50,16 @@ impl PublisherConfig {
     /// Checks the settings and returns a message naming the field at fault.
     pub fn validate(&self) -> Result<(), String> {
         if self.bootstrap_servers.trim().is_empty() {
-            return Err("kafka.bootstrap_servers is empty; set it to host:port of at least one broker".into());
+            return Err(
+                "kafka.bootstrap_servers is empty; set it to host:port of at least one broker"
+                    .into(),
+            );
         }
         if self.topic.trim().is_empty() {
-            return Err("producer.topic is empty; set it to the source topic, for example transactions.v1".into());
+            return Err(
+                "producer.topic is empty; set it to the source topic, for example transactions.v1"
+                    .into(),
+            );
         }
         if self.enqueue_timeout_ms == 0 {
             return Err("producer.enqueue_timeout_ms is 0; set it to the longest a caller may wait, for example 100".into());
@@ -104,7 +110,9 @@ pub enum PublishError {
     #[error("rejected payload, nothing was sent: {0}")]
     Rejected(#[from] DecodeError),
     /// The local send queue stayed full for the whole enqueue timeout; nothing was sent.
-    #[error("send queue full for {timeout_ms} ms, nothing was sent; the broker may be unreachable")]
+    #[error(
+        "send queue full for {timeout_ms} ms, nothing was sent; the broker may be unreachable"
+    )]
     QueueFull {
         /// Enqueue timeout that passed.
         timeout_ms: u64,
@@ -285,11 +293,13 @@ impl Publisher {
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                     if std::time::SystemTime::now() >= deadline {
                         return Err(PublishError::QueueFull {
-                            timeout_ms: u64::try_from(self.enqueue_timeout.as_millis()).unwrap_or(u64::MAX),
+                            timeout_ms: u64::try_from(self.enqueue_timeout.as_millis())
+                                .unwrap_or(u64::MAX),
                         });
                     }
                     record = returned;
-                    self.producer.poll(Timeout::After(Duration::from_millis(10)));
+                    self.producer
+                        .poll(Timeout::After(Duration::from_millis(10)));
                 }
                 Err((error, _)) => return Err(PublishError::Kafka(error)),
             }
@@ -329,6 +339,9 @@ mod tests {
             enqueue_timeout_ms: 0,
             ..PublisherConfig::default()
         };
-        assert!(config.validate().unwrap_err().contains("enqueue_timeout_ms"));
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .contains("enqueue_timeout_ms"));
     }
 }

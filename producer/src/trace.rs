@@ -26,7 +26,10 @@ impl TraceContext {
     pub fn parse(traceparent: &str, tracestate: Option<&str>) -> Option<Self> {
         let parts: Vec<&str> = traceparent.split('-').collect();
         let hex = |text: &str, len: usize| {
-            text.len() == len && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            text.len() == len
+                && text
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         };
         let valid = parts.len() == 4
             && hex(parts[0], 2)
