@@ -10,11 +10,13 @@
 //! - [`retry`]: the retry policy and its decision value.
 //! - [`record`]: delivery metadata in record headers.
 //! - [`email`]: rendering, message building and the SMTP sender.
+//! - [`dlq`]: reading, filtering and replaying dead letters, with an audit record.
 //! - [`topics`]: topic names and the settings `topics ensure` applies.
 //! - [`events`] and [`stats`]: telemetry events and counters.
 //! - [`config`]: worker settings and their validation.
 
 pub mod config;
+pub mod dlq;
 pub mod email;
 pub mod events;
 pub mod ledger;

@@ -29,6 +29,11 @@ impl TopicNames {
         format!("{}.dlq", self.group)
     }
 
+    /// Returns the audit topic of dead-letter replays: `<group>.dlq.audit`.
+    pub fn dlq_audit(&self) -> String {
+        format!("{}.dlq.audit", self.group)
+    }
+
     /// Returns the ledger changelog topic: `<group>.ledger`.
     pub fn ledger(&self) -> String {
         format!("{}.ledger", self.group)

@@ -64,8 +64,12 @@ pub const REPLAY_ID: &str = "txnotify-replay-id";
 /// Number of times the record has been replayed from the dead-letter topic, in decimal.
 pub const REPLAY_COUNT: &str = "txnotify-replay-count";
 
+/// Dead-letter position a replayed record was copied from, as `<topic>:<partition>:<offset>`.
+/// `txnotify dlq replay` reads it back to resume without replaying a record twice.
+pub const REPLAY_SOURCE: &str = "txnotify-replay-source";
+
 /// Every header that the notifier writes, each of which starts with [`PREFIX`].
-pub const NOTIFIER_HEADERS: [&str; 13] = [
+pub const NOTIFIER_HEADERS: [&str; 14] = [
     ATTEMPT,
     FIRST_FAILURE_MS,
     DEADLINE_MS,
@@ -79,6 +83,7 @@ pub const NOTIFIER_HEADERS: [&str; 13] = [
     GROUP,
     REPLAY_ID,
     REPLAY_COUNT,
+    REPLAY_SOURCE,
 ];
 
 /// Returns whether the notifier owns the header `name`, that is whether it starts with
