@@ -11,6 +11,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 use txnotify_consumer::config::{KafkaConfig, NotifierConfig};
+use txnotify_consumer::dlq::DlqConfig;
 use txnotify_consumer::email::{RenderConfig, SmtpConfig};
 use txnotify_consumer::topics::TopicSettings;
 use txnotify_producer::PublisherConfig;
@@ -51,6 +52,8 @@ pub struct AppConfig {
     pub smtp: SmtpConfig,
     /// Email templates.
     pub render: RenderConfig,
+    /// Dead-letter commands.
+    pub dlq: DlqConfig,
 }
 
 impl AppConfig {

@@ -5,10 +5,12 @@
 //! - `publish`: validate JSON Lines events and publish them ([`publish`]).
 //! - `topics ensure`: create the group's topics and report drift ([`topics`]).
 //! - `notify`: run a notifier worker ([`notify`]).
+//! - `dlq`: list, show, summarise and replay dead letters ([`dlq`]).
 //! - `demo`: the whole pipeline in one process on an embedded broker ([`demo`]).
 
 mod config;
 mod demo;
+mod dlq;
 mod logging;
 mod mail_sink;
 mod notify;
@@ -48,6 +50,8 @@ enum Command {
     },
     /// Run a notifier worker until SIGTERM or SIGINT.
     Notify(notify::NotifyArgs),
+    /// List, show, summarise and replay dead letters.
+    Dlq(dlq::DlqArgs),
     /// Run the whole pipeline in one process, with no infrastructure, and print a report.
     Demo(demo::DemoArgs),
 }
@@ -86,6 +90,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Publish(args) => publish::run(config, args).await,
         Command::Topics { command } => topics::run(config, command).await,
         Command::Notify(args) => notify::run(config, args).await,
+        Command::Dlq(args) => dlq::run(config, args).await,
         Command::Demo(_) => unreachable!("handled above"),
     }
 }

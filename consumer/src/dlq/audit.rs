@@ -105,20 +105,20 @@ fn current_host() -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     /// The audit topic could not be created.
-    #[error("failed to create audit topic {topic}: {source}; create it with one partition or grant the CreateTopics permission")]
+    #[error("failed to create audit topic {topic}: {error}; create it with one partition or grant the CreateTopics permission")]
     Create {
         /// Audit topic.
         topic: String,
         /// Client error.
-        source: KafkaError,
+        error: KafkaError,
     },
     /// The audit record was not acknowledged.
-    #[error("failed to write the audit record to {topic}: {source}")]
+    #[error("failed to write the audit record to {topic}: {error}")]
     Produce {
         /// Audit topic.
         topic: String,
         /// Client error.
-        source: KafkaError,
+        error: KafkaError,
     },
 }
 
@@ -131,9 +131,9 @@ pub async fn publish(
     record: &AuditRecord,
     timeout: Duration,
 ) -> Result<(), AuditError> {
-    let create_error = |source| AuditError::Create {
+    let create_error = |error| AuditError::Create {
         topic: topic.to_owned(),
-        source,
+        error,
     };
     let admin: AdminClient<DefaultClientContext> =
         kafka.client_config().create().map_err(create_error)?;
@@ -154,9 +154,9 @@ pub async fn publish(
         }
     }
 
-    let produce_error = |source| AuditError::Produce {
+    let produce_error = |error| AuditError::Produce {
         topic: topic.to_owned(),
-        source,
+        error,
     };
     let mut config = kafka.client_config();
     config
@@ -174,5 +174,5 @@ pub async fn publish(
         )
         .await
         .map(|_| ())
-        .map_err(|(source, _)| produce_error(source))
+        .map_err(|(error, _)| produce_error(error))
 }

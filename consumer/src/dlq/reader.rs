@@ -29,7 +29,7 @@ use crate::config::KafkaConfig;
 pub enum ReadError {
     /// The cluster did not answer a metadata request.
     #[error(
-        "failed to reach the broker at {servers} within {timeout_ms} ms: {source}; check kafka.bootstrap_servers and that the broker is running"
+        "failed to reach the broker at {servers} within {timeout_ms} ms: {error}; check kafka.bootstrap_servers and that the broker is running"
     )]
     Unreachable {
         /// Configured bootstrap servers.
@@ -37,7 +37,7 @@ pub enum ReadError {
         /// Wait that passed.
         timeout_ms: u128,
         /// Client error.
-        source: KafkaError,
+        error: KafkaError,
     },
     /// The topic does not exist.
     #[error("topic {topic} not found; check the name, or run `txnotify topics ensure` to create the group's topics")]
@@ -82,12 +82,12 @@ pub enum ReadError {
         timeout_ms: u128,
     },
     /// Another client error.
-    #[error("kafka request on topic {topic} failed: {source}")]
+    #[error("kafka request on topic {topic} failed: {error}")]
     Kafka {
         /// Topic.
         topic: String,
         /// Client error.
-        source: KafkaError,
+        error: KafkaError,
     },
 }
 
@@ -120,16 +120,16 @@ impl TopicReader {
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
             .set("allow.auto.create.topics", "false");
-        let consumer: BaseConsumer = config.create().map_err(|source| ReadError::Kafka {
+        let consumer: BaseConsumer = config.create().map_err(|error| ReadError::Kafka {
             topic: topic.to_owned(),
-            source,
+            error,
         })?;
         let metadata = consumer
             .fetch_metadata(Some(topic), timeout)
-            .map_err(|source| ReadError::Unreachable {
+            .map_err(|error| ReadError::Unreachable {
                 servers: kafka.bootstrap_servers.clone(),
                 timeout_ms: timeout.as_millis(),
-                source,
+                error,
             })?;
         let found = metadata
             .topics()
@@ -163,10 +163,10 @@ impl TopicReader {
         self.partitions
     }
 
-    fn kafka_error(&self, source: KafkaError) -> ReadError {
+    fn kafka_error(&self, error: KafkaError) -> ReadError {
         ReadError::Kafka {
             topic: self.topic.clone(),
-            source,
+            error,
         }
     }
 

@@ -82,14 +82,14 @@ pub struct Checkpoint {
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     /// The file could not be read or written.
-    #[error("failed to {action} checkpoint {path}: {source}")]
+    #[error("failed to {action} checkpoint {path}: {error}")]
     Io {
         /// `read` or `write`.
         action: &'static str,
         /// File path.
         path: PathBuf,
         /// I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file is not a checkpoint of this version.
     #[error("checkpoint {path} is not a valid replay checkpoint: {reason}; move it away to start a new replay")]
@@ -151,11 +151,11 @@ impl Checkpoint {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
+            Err(error) => {
                 return Err(CheckpointError::Io {
                     action: "read",
                     path: path.to_owned(),
-                    source,
+                    error,
                 })
             }
         };
@@ -207,10 +207,10 @@ impl Checkpoint {
     /// Writes the checkpoint to `path` atomically: a synced temporary file renamed over
     /// the old one.
     pub fn save(&self, path: &Path) -> Result<(), CheckpointError> {
-        let io_error = |source| CheckpointError::Io {
+        let io_error = |error| CheckpointError::Io {
             action: "write",
             path: path.to_owned(),
-            source,
+            error,
         };
         let text = serde_json::to_vec_pretty(self).expect("a checkpoint serializes to JSON");
         let temporary = path.with_extension("tmp");
