@@ -53,7 +53,9 @@ pub fn list_table(records: &[DeadLetter]) -> String {
         .map(|record| {
             [
                 record.position(),
-                record.timestamp_ms.map_or_else(|| "-".to_owned(), format_ms),
+                record
+                    .timestamp_ms
+                    .map_or_else(|| "-".to_owned(), format_ms),
                 record.info.class_label().to_owned(),
                 origin_text(record),
                 record
@@ -158,7 +160,9 @@ pub fn show(record: &DeadLetter, reveal: bool) -> String {
     );
     field(
         "timestamp",
-        record.timestamp_ms.map_or_else(|| "-".to_owned(), format_ms),
+        record
+            .timestamp_ms
+            .map_or_else(|| "-".to_owned(), format_ms),
     );
     field("key", lossy(record.key.as_deref()));
     field(
@@ -416,6 +420,8 @@ mod tests {
         assert_eq!(stats.by_age["1d to 7d"], 1);
         assert_eq!(stats.by_age["over 30d"], 1);
         assert_eq!(stats.by_class["-"], 4);
-        assert!(stats.render("g.dlq").contains("4 dead letters in g.dlq match"));
+        assert!(stats
+            .render("g.dlq")
+            .contains("4 dead letters in g.dlq match"));
     }
 }

@@ -90,12 +90,13 @@ impl ReplayObserver for CliObserver {
             "will replay"
         };
         println!(
-            "replay {}: {} matching, {verb} {} to {}, {} rejected",
+            "replay {}: {} matching, {verb} {} to {}, {} rejected, {} superseded",
             plan.replay_id,
             plan.remaining.matched,
             plan.to_replay,
             self.target,
-            plan.remaining.rejected()
+            plan.remaining.rejected(),
+            plan.remaining.superseded
         );
         for (record, topic) in &plan.sample {
             println!("  replay {} -> {topic}", describe(record));
@@ -182,10 +183,8 @@ pub async fn run(
 
     let progress = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
     progress.set_style(
-        ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} replayed, {per_sec}, eta {eta}",
-        )
-        .expect("static progress template"),
+        ProgressStyle::with_template("{bar:40} {pos}/{len} replayed, {per_sec}, eta {eta}")
+            .expect("static progress template"),
     );
     let mut observer = CliObserver {
         dry_run: args.dry_run,
@@ -239,13 +238,14 @@ pub async fn run(
     );
     let counts = report.counts;
     println!(
-        "replay {}: {} replayed ({} found already copied), {} rejected at the replay cap, {} rejected as invalid, {} rejected without origin",
+        "replay {}: {} replayed ({} found already copied), {} rejected at the replay cap, {} rejected as invalid, {} rejected without origin, {} superseded",
         report.replay_id,
         counts.replayed,
         counts.found_replayed,
         counts.rejected_cap,
         counts.rejected_invalid,
-        counts.rejected_no_origin
+        counts.rejected_no_origin,
+        counts.superseded
     );
     println!("audit: {}", record.to_json());
     let audit_topic = names.dlq_audit();

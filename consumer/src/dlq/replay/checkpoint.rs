@@ -40,6 +40,8 @@ pub struct ReplayCounts {
     pub rejected_invalid: u64,
     /// Rejected because they name no origin topic and the target is the origin.
     pub rejected_no_origin: u64,
+    /// Skipped because a later dead letter of the same event has a higher replay count.
+    pub superseded: u64,
 }
 
 impl ReplayCounts {

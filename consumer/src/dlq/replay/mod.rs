@@ -4,8 +4,9 @@
 //!
 //! 1. Load the checkpoint, if one is given and exists, and check that it belongs to the
 //!    same dead-letter topic, filter and target.
-//! 2. Plan: read the planned offset ranges once, count what matches and decide for each
-//!    record whether it is replayed or rejected. A dry run stops here.
+//! 2. Plan: read the planned offset ranges once to find the highest replay count of each
+//!    event, then again to count what matches and decide for each record whether it is
+//!    replayed or rejected. A dry run stops here.
 //! 3. Ask the [`ReplayObserver`] to confirm.
 //! 4. Save the high watermarks of each target topic in the checkpoint. When resuming,
 //!    read the target topics from the saved watermarks and collect the dead letters that
@@ -13,6 +14,10 @@
 //! 5. Read the ranges again and copy each replayed record, at the rate limit, waiting for
 //!    the broker's acknowledgement of each copy before the next. Save progress every
 //!    [`checkpoint::SAVE_INTERVAL_RECORDS`] records and at the end.
+//!
+//! The replay cap holds across runs because the dead-letter topic is append-only: when a
+//! replayed copy fails again, the notifier dead-letters it with its higher replay count,
+//! and a later replay skips the older dead letters of that event as superseded.
 //!
 //! Copies keep the key and value bytes. The producer is idempotent with `acks=all` and
 //! uses librdkafka's default partitioner, as the publisher does, so a copy to the origin
@@ -22,7 +27,7 @@ pub mod checkpoint;
 pub mod headers;
 pub mod rate;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -88,6 +93,13 @@ pub enum Rejection {
     Invalid,
     /// It names no origin topic, and the target is the origin.
     NoOrigin,
+    /// A later dead letter of the same event has a higher replay count.
+    Superseded {
+        /// Replays of this dead letter.
+        replay_count: u32,
+        /// Replays of the latest dead letter of the event.
+        latest: u32,
+    },
 }
 
 impl std::fmt::Display for Rejection {
@@ -103,17 +115,39 @@ impl std::fmt::Display for Rejection {
             Rejection::NoOrigin => f.write_str(
                 "no origin topic in its headers; pass --to-topic to choose the target",
             ),
+            Rejection::Superseded {
+                replay_count,
+                latest,
+            } => write!(
+                f,
+                "superseded: replayed {replay_count} times, but a later dead letter of the event was replayed {latest} times"
+            ),
         }
     }
 }
 
-/// Decides where `record` goes, or why it is rejected.
+/// Highest replay count of each event among the dead letters read.
+pub type LatestReplays = HashMap<uuid::Uuid, u32>;
+
+/// Decides where `record` goes, or why it is rejected. `latest` holds the highest replay
+/// count of each event in the dead-letter topic.
 pub fn decide(
     record: &DeadLetter,
     target: &ReplayTarget,
     policy: &ReplayPolicy,
+    latest: &LatestReplays,
 ) -> Result<String, Rejection> {
     let info = &record.info;
+    let newest = record
+        .event_id()
+        .and_then(|id| latest.get(&id).copied())
+        .unwrap_or(0);
+    if newest > info.replay_count {
+        return Err(Rejection::Superseded {
+            replay_count: info.replay_count,
+            latest: newest,
+        });
+    }
     if info.replay_count >= policy.max_replay_count {
         return Err(Rejection::ReplayCap {
             replay_count: info.replay_count,
@@ -317,7 +351,8 @@ pub async fn run(
     }
 
     // 2. Plan.
-    let plan = plan(request, &reader, &state, resumed)?;
+    let latest = block(|| latest_replays(&reader, &state.remaining()))?;
+    let plan = plan(request, &reader, &state, resumed, &latest)?;
     if request.dry_run {
         observer.confirm(&plan);
         let mut counts = state.counts;
@@ -368,7 +403,7 @@ pub async fn run(
         let next_offset = record.offset + 1;
         if filter.matches(&record) {
             state.counts.matched += 1;
-            match decide(&record, &target, &policy) {
+            match decide(&record, &target, &policy, &latest) {
                 Err(rejection) => {
                     count_rejection(&mut state.counts, &rejection);
                     observer.rejected(&record, &rejection);
@@ -428,6 +463,7 @@ fn plan(
     reader: &TopicReader,
     state: &Checkpoint,
     resumed: bool,
+    latest: &LatestReplays,
 ) -> Result<ReplayPlan, ReplayError> {
     let mut plan = ReplayPlan {
         replay_id: state.replay_id.clone(),
@@ -447,7 +483,7 @@ fn plan(
                 continue;
             }
             plan.remaining.matched += 1;
-            match decide(&record, &request.target, &request.policy) {
+            match decide(&record, &request.target, &request.policy, latest) {
                 Ok(topic) => {
                     plan.to_replay += 1;
                     plan.targets.insert(topic.clone());
@@ -469,11 +505,28 @@ fn plan(
     Ok(plan)
 }
 
+/// Reads `ranges` and returns the highest replay count of each event.
+fn latest_replays(
+    reader: &TopicReader,
+    ranges: &[PartitionRange],
+) -> Result<LatestReplays, ReadError> {
+    let mut latest = LatestReplays::new();
+    for record in reader.scan(ranges)? {
+        let record = record?;
+        if let Some(id) = record.event_id() {
+            let entry = latest.entry(id).or_default();
+            *entry = (*entry).max(record.info.replay_count);
+        }
+    }
+    Ok(latest)
+}
+
 fn count_rejection(counts: &mut ReplayCounts, rejection: &Rejection) {
     match rejection {
         Rejection::ReplayCap { .. } => counts.rejected_cap += 1,
         Rejection::Invalid => counts.rejected_invalid += 1,
         Rejection::NoOrigin => counts.rejected_no_origin += 1,
+        Rejection::Superseded { .. } => counts.superseded += 1,
     }
 }
 
@@ -484,6 +537,7 @@ fn add_counts(total: &mut ReplayCounts, more: &ReplayCounts) {
     total.rejected_cap += more.rejected_cap;
     total.rejected_invalid += more.rejected_invalid;
     total.rejected_no_origin += more.rejected_no_origin;
+    total.superseded += more.superseded;
 }
 
 fn save(request: &ReplayRequest, state: &Checkpoint) -> Result<(), CheckpointError> {
@@ -663,13 +717,40 @@ mod tests {
             ),
         ];
         for (name, record, target, policy, expected) in cases {
-            let decided = decide(record, target, &policy);
+            let decided = decide(record, target, &policy, &LatestReplays::new());
             assert_eq!(
                 decided.as_deref().map_err(|rejection| *rejection),
                 expected,
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn older_dead_letter_of_event_is_superseded() {
+        let policy = ReplayPolicy {
+            max_replay_count: 3,
+            include_invalid: false,
+        };
+        let id = uuid::Uuid::new_v4().to_string();
+        let original = dead_letter(&[("event-id", &id), ("txnotify-origin-topic", "src")]);
+        let copy = dead_letter(&[
+            ("event-id", &id),
+            ("txnotify-origin-topic", "src"),
+            ("txnotify-replay-count", "1"),
+        ]);
+        let latest = LatestReplays::from([(original.event_id().unwrap(), 1)]);
+        assert_eq!(
+            decide(&original, &ReplayTarget::Origin, &policy, &latest),
+            Err(Rejection::Superseded {
+                replay_count: 0,
+                latest: 1
+            })
+        );
+        assert_eq!(
+            decide(&copy, &ReplayTarget::Origin, &policy, &latest).as_deref(),
+            Ok("src")
+        );
     }
 
     #[test]
