@@ -1,7 +1,8 @@
 //! Bounded, read-only scans of a dead-letter topic.
 //!
 //! The reader assigns partitions itself instead of joining a consumer group, turns off
-//! offset commits and offset storing, and never writes. A scan reads each partition from a
+//! offset commits and offset storing, and never writes. librdkafka requires a `group.id`
+//! even for assigned partitions, so each reader sets a random one that never joins. A scan reads each partition from a
 //! start offset up to the high watermark taken when the scan was planned, so records
 //! that arrive during the scan are left for the next one.
 //!
@@ -115,7 +116,10 @@ impl TopicReader {
     /// request and the wait for a record during scans.
     pub fn open(kafka: &KafkaConfig, topic: &str, timeout: Duration) -> Result<Self, ReadError> {
         let mut config = kafka.client_config();
+        // librdkafka needs a group id for assign(); this one never joins or commits.
+        let group = format!("txnotify-dlq-reader-{}", uuid::Uuid::new_v4());
         config
+            .set("group.id", &group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
