@@ -51,7 +51,7 @@ enum Command {
     /// Run a notifier worker until SIGTERM or SIGINT.
     Notify(notify::NotifyArgs),
     /// List, show, summarise and replay dead letters.
-    Dlq(dlq::DlqArgs),
+    Dlq(Box<dlq::DlqArgs>),
     /// Run the whole pipeline in one process, with no infrastructure, and print a report.
     Demo(demo::DemoArgs),
 }
@@ -90,7 +90,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Publish(args) => publish::run(config, args).await,
         Command::Topics { command } => topics::run(config, command).await,
         Command::Notify(args) => notify::run(config, args).await,
-        Command::Dlq(args) => dlq::run(config, args).await,
+        Command::Dlq(args) => dlq::run(config, *args).await,
         Command::Demo(_) => unreachable!("handled above"),
     }
 }

@@ -668,7 +668,7 @@ fn failing_record_stops_at_the_replay_cap() {
     );
     let bootstrap = stack.bootstrap();
     let stuck = event(1, "stuck@example.com");
-    stack.publish(&[stuck.clone()]);
+    stack.publish(std::slice::from_ref(&stuck));
     let mut notifier = stack.spawn(&["notify"]);
     let wait_dead = |count: i64| {
         assert!(

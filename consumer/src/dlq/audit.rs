@@ -80,12 +80,37 @@ impl AuditRecord {
     }
 }
 
-/// Returns the user from `USER` or `LOGNAME`, or `unknown`.
+/// Returns the user from `USER` or `LOGNAME`, else the name of the process's user id in
+/// `/etc/passwd`, else `uid <n>`, else `unknown`.
 pub fn current_user() -> String {
-    ["USER", "LOGNAME"]
+    if let Some(name) = ["USER", "LOGNAME"]
         .iter()
         .find_map(|name| std::env::var(name).ok().filter(|value| !value.is_empty()))
-        .unwrap_or_else(|| "unknown".to_owned())
+    {
+        return name;
+    }
+    let Some(uid) = process_uid() else {
+        return "unknown".to_owned();
+    };
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    user_name(&passwd, uid).unwrap_or_else(|| format!("uid {uid}"))
+}
+
+/// Returns the owner of `/proc/self`, which is the process's user id on Linux.
+fn process_uid() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+
+    std::fs::metadata("/proc/self").ok().map(|meta| meta.uid())
+}
+
+/// Returns the name of user `uid` in `/etc/passwd` text.
+fn user_name(passwd: &str, uid: u32) -> Option<String> {
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let entry_uid: u32 = fields.nth(1)?.parse().ok()?;
+        (entry_uid == uid).then(|| name.to_owned())
+    })
 }
 
 fn current_host() -> String {
@@ -175,4 +200,17 @@ pub async fn publish(
         .await
         .map(|_| ())
         .map_err(|(error, _)| produce_error(error))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_name_reads_passwd() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\nops:x:1000:1000::/home/ops:/bin/sh\n";
+        assert_eq!(user_name(passwd, 1000).as_deref(), Some("ops"));
+        assert_eq!(user_name(passwd, 0).as_deref(), Some("root"));
+        assert_eq!(user_name(passwd, 7), None);
+    }
 }

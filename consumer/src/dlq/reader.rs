@@ -122,7 +122,7 @@ impl TopicReader {
             .set("group.id", &group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "true")
+            .set("enable.partition.eof", "false")
             .set("allow.auto.create.topics", "false");
         let consumer: BaseConsumer = config.create().map_err(|error| ReadError::Kafka {
             topic: topic.to_owned(),
@@ -293,6 +293,25 @@ pub struct Scan<'a> {
     last_progress: Instant,
 }
 
+impl Scan<'_> {
+    /// Removes the partitions whose fetch position passed their planned end. That happens
+    /// when the last planned offsets hold no record, such as a transaction marker.
+    fn drop_finished_partitions(&mut self) {
+        let Ok(positions) = self.reader.consumer.position() else {
+            return;
+        };
+        for element in positions.elements() {
+            if let (Offset::Offset(position), Some(&(_, end))) =
+                (element.offset(), self.remaining.get(&element.partition()))
+            {
+                if position >= end {
+                    self.remaining.remove(&element.partition());
+                }
+            }
+        }
+    }
+}
+
 impl Iterator for Scan<'_> {
     type Item = Result<DeadLetter, ReadError>;
 
@@ -316,11 +335,6 @@ impl Iterator for Scan<'_> {
                         return Some(Ok(dead_letter(&message)));
                     }
                 }
-                Some(Err(KafkaError::PartitionEOF(eof_partition))) => {
-                    // The partition has no more records now, so the planned end lies in a
-                    // gap such as a transaction marker.
-                    self.remaining.remove(&eof_partition);
-                }
                 Some(Err(source)) => {
                     if let KafkaError::MessageConsumption(
                         RDKafkaErrorCode::UnknownTopicOrPartition,
@@ -333,6 +347,10 @@ impl Iterator for Scan<'_> {
                     return Some(Err(reader.kafka_error(source)));
                 }
                 None => {
+                    self.drop_finished_partitions();
+                    if self.remaining.is_empty() {
+                        return None;
+                    }
                     if self.last_progress.elapsed() >= reader.timeout {
                         return Some(Err(ReadError::TimedOut {
                             topic: reader.topic.clone(),
