@@ -397,7 +397,7 @@ fn replay_delivers_once_and_again_sends_nothing() {
     assert!(stack.smtp.messages().is_empty());
 
     // Reading and a dry run change no topic and no group offset. Tansu 0.6.0 does not
-    // answer ListGroups, so the test cannot also check that no group was created.
+    // support ListGroups, so the test cannot also check that no group was created.
     let topics = [
         stack.source.clone(),
         stack.dlq(),

@@ -12,7 +12,7 @@ use txnotify_consumer::dlq::filter::format_ms;
 use txnotify_consumer::dlq::mask::mask_personal_fields;
 use txnotify_consumer::dlq::DeadLetter;
 
-/// Longest reason shown in a table cell, in characters.
+/// Maximum length of a reason in a table cell, in characters.
 const REASON_CHARS: usize = 60;
 
 fn lossy(bytes: Option<&[u8]>) -> String {

@@ -51,14 +51,14 @@ pub struct ReplayArgs {
     sample: usize,
 }
 
-/// Prints the plan, asks for confirmation, shows progress and reports rejections.
+/// Prints the plan, prompts for confirmation, shows progress and reports rejections.
 struct CliObserver {
     dry_run: bool,
     yes: bool,
     confirm_above: u64,
     target: String,
     progress: ProgressBar,
-    /// Why the replay did not start, when confirmation was missing.
+    /// Reason the replay did not start, when confirmation was missing.
     refusal: Option<String>,
 }
 

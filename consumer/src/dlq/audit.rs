@@ -22,7 +22,7 @@ use crate::config::KafkaConfig;
 pub struct AuditRecord {
     /// Replay id, also the record key.
     pub replay_id: String,
-    /// How the run ended.
+    /// Outcome of the run.
     pub status: ReplayStatus,
     /// Whether the run resumed an interrupted replay.
     pub resumed: bool,

@@ -99,7 +99,7 @@ pub struct DeadLetterInfo {
     pub exception: Option<String>,
     /// Failure message.
     pub message: Option<String>,
-    /// Where the record failed first.
+    /// Source position of the failed record.
     pub origin: Option<OriginRef>,
     /// Consumer group or connector that failed to process it.
     pub group: Option<String>,

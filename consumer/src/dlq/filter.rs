@@ -2,7 +2,7 @@
 //!
 //! Time bounds compare with the dead letter's own record timestamp, never only with a
 //! broker's timestamp index: the index lookup is a starting hint (see
-//! [`crate::dlq::reader`]), and some brokers answer it with offset 0.
+//! [`crate::dlq::reader`]), and some brokers return offset 0 for it.
 
 use std::fmt;
 use std::str::FromStr;

@@ -68,10 +68,10 @@ pub struct DlqConfig {
     /// Replays allowed per record: a record whose `txnotify-replay-count` header has
     /// reached it is rejected.
     pub max_replay_count: u32,
-    /// Largest replay that runs without confirmation; above it a terminal asks and other
+    /// Largest replay that runs without confirmation; above it a terminal prompts and other
     /// callers must pass `--yes`.
     pub confirm_above: u64,
-    /// Longest wait for the broker while reading, in milliseconds.
+    /// Maximum wait for the broker while reading, in milliseconds.
     pub read_timeout_ms: u64,
 }
 

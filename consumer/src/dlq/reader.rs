@@ -2,14 +2,15 @@
 //!
 //! The reader assigns partitions itself instead of joining a consumer group, turns off
 //! offset commits and offset storing, and never writes. librdkafka requires a `group.id`
-//! even for assigned partitions, so each reader sets a random one that never joins. A scan reads each partition from a
-//! start offset up to the high watermark taken when the scan was planned, so records
-//! that arrive during the scan are left for the next one.
+//! even for assigned partitions, so each reader sets a random one that never joins.
+//!
+//! A scan reads each partition from a start offset up to the high watermark taken when
+//! the scan was planned, so records that arrive during the scan are left for the next one.
 //!
 //! With a `--since` bound the start offset comes from the broker's timestamp index
-//! (`ListOffsets` by time). That lookup is only a hint: Tansu 0.6.0 answers every lookup
-//! with offset 0, so the reader clamps the answer to the partition's watermarks, starts at
-//! the low watermark when the answer is missing, and the [`Filter`](super::filter::Filter)
+//! (`ListOffsets` by time). That lookup is only a hint: Tansu 0.6.0 returns offset 0 for
+//! every lookup, so the reader clamps the result to the partition's watermarks, starts at
+//! the low watermark when the result is missing, and the [`Filter`](super::filter::Filter)
 //! still checks every record's own timestamp.
 
 use std::collections::BTreeMap;
@@ -28,7 +29,7 @@ use crate::config::KafkaConfig;
 /// Error of a dead-letter read.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
-    /// The cluster did not answer a metadata request.
+    /// The cluster did not respond to a metadata request.
     #[error(
         "failed to reach the broker at {servers} within {timeout_ms} ms: {error}; check kafka.bootstrap_servers and that the broker is running"
     )]
@@ -220,6 +221,9 @@ impl TopicReader {
         let Ok(found) = self.consumer.offsets_for_times(lookup, self.timeout) else {
             return Ok(ranges);
         };
+        // NOTE: a broker that returned an offset past the first record at or after
+        // `since_ms` would hide earlier matches. An offset that is too early, as Tansu's
+        // 0, only costs reading more.
         for range in &mut ranges {
             let hint = found
                 .find_partition(&self.topic, range.partition)

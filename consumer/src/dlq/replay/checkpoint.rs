@@ -98,7 +98,7 @@ pub enum CheckpointError {
     Invalid {
         /// File path.
         path: PathBuf,
-        /// What is wrong.
+        /// Description of the problem.
         reason: String,
     },
     /// The file belongs to a replay with other settings.

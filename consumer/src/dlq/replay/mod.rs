@@ -15,7 +15,7 @@
 //!    the broker's acknowledgement of each copy before the next. Save progress every
 //!    [`checkpoint::SAVE_INTERVAL_RECORDS`] records and at the end.
 //!
-//! The replay cap holds across runs because the dead-letter topic is append-only: when a
+//! The replay cap works across runs because the dead-letter topic is append-only: when a
 //! replayed copy fails again, the notifier dead-letters it with its higher replay count,
 //! and a later replay skips the older dead letters of that event as superseded.
 //!
@@ -47,7 +47,7 @@ use super::DeadLetter;
 use crate::config::KafkaConfig;
 use crate::pipeline::now_ms;
 
-/// Where replayed records go.
+/// Target of replayed records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplayTarget {
     /// Each record's origin topic.
@@ -78,7 +78,7 @@ pub struct ReplayPolicy {
     pub include_invalid: bool,
 }
 
-/// Why a matching record is not replayed.
+/// Reason a matching record is not replayed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Rejection {
@@ -129,7 +129,7 @@ impl std::fmt::Display for Rejection {
 /// Highest replay count of each event among the dead letters read.
 pub type LatestReplays = HashMap<uuid::Uuid, u32>;
 
-/// Decides where `record` goes, or why it is rejected. `latest` holds the highest replay
+/// Decides where `record` goes, or why it is rejected. `latest` contains the highest replay
 /// count of each event in the dead-letter topic.
 pub fn decide(
     record: &DeadLetter,
@@ -178,7 +178,7 @@ pub struct ReplayRequest {
     pub filter: Filter,
     /// The filter options as given, stored in the checkpoint and compared on resume.
     pub filter_text: String,
-    /// Where copies go.
+    /// Target of the copies.
     pub target: ReplayTarget,
     /// Rejection rules.
     pub policy: ReplayPolicy,
@@ -190,13 +190,13 @@ pub struct ReplayRequest {
     pub dry_run: bool,
     /// Records shown as a sample in the plan.
     pub sample_size: usize,
-    /// Longest wait for the broker while reading.
+    /// Maximum wait for the broker while reading.
     pub read_timeout: Duration,
-    /// Longest wait for the acknowledgement of one copy.
+    /// Maximum wait for the acknowledgement of one copy.
     pub produce_timeout: Duration,
 }
 
-/// What a replay will do, from the planning read.
+/// Plan of a replay, from the planning read.
 #[derive(Debug, Clone)]
 pub struct ReplayPlan {
     /// Replay id.
@@ -218,7 +218,7 @@ pub struct ReplayPlan {
     pub rejected: Vec<(DeadLetter, Rejection)>,
 }
 
-/// How a replay ended.
+/// Outcome of a replay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ReplayStatus {
@@ -239,7 +239,7 @@ pub enum ReplayStatus {
 pub struct ReplayReport {
     /// Replay id.
     pub replay_id: String,
-    /// How it ended.
+    /// Outcome.
     pub status: ReplayStatus,
     /// Whether it resumed an interrupted replay.
     pub resumed: bool,
@@ -256,7 +256,7 @@ pub struct ReplayReport {
 /// Callbacks of a running replay, for confirmation, progress and reporting.
 pub trait ReplayObserver {
     /// Called with the plan before anything is written; returns whether to go on.
-    /// A dry run ignores the answer.
+    /// A dry run ignores the return value.
     fn confirm(&mut self, plan: &ReplayPlan) -> bool;
     /// Called after each copy is acknowledged.
     fn replayed(&mut self, record: &DeadLetter, topic: &str);
