@@ -907,3 +907,59 @@ fn bad_input_gives_clear_errors() {
         unreachable.stderr
     );
 }
+
+#[test]
+fn time_filters_use_record_timestamps() {
+    require_system_tests!();
+    let stack = Stack::start(json!([]), "");
+    let bootstrap = stack.bootstrap();
+    let topic = unique_name("aged-dlt");
+    create_topic(&bootstrap, &topic, 1);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let minute = 60_000;
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    // Written out of time order, so offset order and time order differ.
+    for (key, age_minutes) in [("old", 180), ("recent", 10), ("middle", 120)] {
+        let record_headers = headers(&[
+            ("txnotify-origin-topic", b"transactions.v1"),
+            ("txnotify-error-class", b"exhausted"),
+        ]);
+        producer
+            .send(
+                BaseRecord::to(&topic)
+                    .partition(0)
+                    .key(key)
+                    .payload("{}")
+                    .timestamp(now_ms - age_minutes * minute)
+                    .headers(record_headers),
+            )
+            .map_err(|(error, _)| error)
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+
+    let keys = |args: &[&str]| -> Vec<String> {
+        let mut full = vec!["dlq", "--topic", topic.as_str(), "list", "--json"];
+        full.extend_from_slice(args);
+        let output = stack.run(&full);
+        assert_success(&output);
+        output
+            .stdout
+            .lines()
+            .map(|line| {
+                let value: Value = serde_json::from_str(line).unwrap();
+                value["key"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    };
+    assert_eq!(keys(&["--since", "1h"]), ["recent"]);
+    assert_eq!(keys(&["--since", "150m", "--until", "1h"]), ["middle"]);
+    assert_eq!(keys(&["--until", "150m"]), ["old"]);
+    assert_eq!(keys(&[]), ["old", "recent", "middle"]);
+}

@@ -228,6 +228,15 @@ impl TopicReader {
             let hint = found
                 .find_partition(&self.topic, range.partition)
                 .map(|element| element.offset());
+            tracing::debug!(
+                topic = %self.topic,
+                partition = range.partition,
+                since_ms,
+                hint = ?hint,
+                low = range.start,
+                high = range.end,
+                "Timestamp lookup returned a start hint."
+            );
             if let Some(Offset::Offset(offset)) = hint {
                 range.start = offset.clamp(range.start, range.end);
             }
