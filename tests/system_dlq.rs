@@ -587,6 +587,54 @@ fn killed_replay_resumes_with_the_remainder() {
 }
 
 #[test]
+fn sigterm_stops_replay_resumably() {
+    require_system_tests!();
+    let stack = Stack::start(json!([]), "");
+    let bootstrap = stack.bootstrap();
+    write_dead_letters(&bootstrap, &stack.dlq(), &stack.source, 30);
+    let checkpoint = stack.checkpoint();
+    let args = ["dlq", "replay", "--rate", "10", "--checkpoint", &checkpoint];
+
+    let mut first = stack.spawn(&args);
+    assert!(wait_until(
+        Duration::from_secs(60),
+        Duration::from_millis(20),
+        || total(&bootstrap, &stack.source) >= 5
+    ));
+    let status = first.stop();
+    assert_eq!(status.code(), Some(130), "{}", first.stderr());
+    assert!(
+        first.stdout().contains("\"status\":\"interrupted\""),
+        "{}",
+        first.stdout()
+    );
+    let copied_first = total(&bootstrap, &stack.source);
+    assert!(copied_first < 30);
+
+    let second = stack.run(&args);
+    assert_success(&second);
+    assert!(
+        second.stdout.contains("resuming replay"),
+        "{}",
+        second.stdout
+    );
+    assert_eq!(total(&bootstrap, &stack.source), 30);
+
+    let audit = read_topic(&bootstrap, &format!("{}.dlq.audit", stack.group));
+    let statuses: Vec<String> = audit
+        .iter()
+        .map(|record| {
+            let value: Value = serde_json::from_slice(record.value.as_deref().unwrap()).unwrap();
+            value["status"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(statuses, ["interrupted", "completed"]);
+    let last: Value = serde_json::from_slice(audit[1].value.as_deref().unwrap()).unwrap();
+    assert_eq!(last["counts"]["replayed"], 30);
+    assert_eq!(last["resumed"], true);
+}
+
+#[test]
 fn replay_keeps_key_and_value_bytes() {
     require_system_tests!();
     let stack = Stack::start(json!([]), "");

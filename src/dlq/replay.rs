@@ -197,9 +197,8 @@ pub async fn run(
 
     let (stop, shutdown) = watch::channel(false);
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            let _ = stop.send(true);
-        }
+        crate::notify::shutdown_signal().await;
+        let _ = stop.send(true);
     });
     let report = replay::run(&request, &mut observer, shutdown).await?;
     observer.progress.finish_and_clear();
