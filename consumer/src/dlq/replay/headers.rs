@@ -1,9 +1,9 @@
 //! Headers of a replayed record.
 //!
-//! A replay is an operator decision, so the record starts a fresh retry budget: the
-//! attempt count, first-failure time, deadline, not-before time and the last error are
-//! dropped. The origin headers stay, so the notifier still reports where the event came
-//! from. Every other header, such as `event-id`, `traceparent` or a foreign convention's
+//! A replay keeps the record's one retry budget: the first-failure time and the overall
+//! deadline stay, so the replayed record gets a fresh first attempt but no retries after
+//! its deadline. The attempt count, not-before time and the last error are dropped. The
+//! origin headers stay, so the notifier still reports where the event came from. Every other header, such as `event-id`, `traceparent` or a foreign convention's
 //! headers, is kept unchanged, and each `txnotify-*` header is written once.
 
 use rdkafka::message::{Header, OwnedHeaders};
@@ -32,6 +32,18 @@ pub fn replay_headers(record: &DeadLetter, replay_id: &str) -> OwnedHeaders {
             value: Some(value.as_bytes()),
         });
     };
+    for kept in [headers::FIRST_FAILURE_MS, headers::DEADLINE_MS] {
+        let value = record
+            .headers
+            .iter()
+            .find(|(name, _)| name == kept)
+            .and_then(|(_, value)| value.as_deref())
+            .and_then(|bytes| std::str::from_utf8(bytes).ok())
+            .map(str::to_owned);
+        if let Some(value) = value {
+            set(kept, value);
+        }
+    }
     let info = &record.info;
     if let Some(origin) = &info.origin {
         set(headers::ORIGIN_TOPIC, origin.topic.clone());
@@ -128,12 +140,10 @@ mod tests {
     }
 
     #[test]
-    fn replay_resets_budget_and_keeps_origin() {
+    fn replay_keeps_deadline_and_origin() {
         let written = replay_headers(&txnotify_dead_letter(b"1"), "r-2");
         for dropped in [
             "txnotify-attempt",
-            "txnotify-first-failure-ms",
-            "txnotify-deadline-ms",
             "txnotify-not-before-ms",
             "txnotify-error-class",
             "txnotify-error-message",
@@ -143,6 +153,8 @@ mod tests {
         let kept = [
             ("event-id", "e-1"),
             ("traceparent", "00-abc"),
+            ("txnotify-first-failure-ms", "100"),
+            ("txnotify-deadline-ms", "900"),
             ("txnotify-origin-topic", "transactions.v1"),
             ("txnotify-origin-partition", "1"),
             ("txnotify-origin-offset", "40"),
