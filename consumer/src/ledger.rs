@@ -312,6 +312,61 @@ impl Ledger {
         }
     }
 
+    /// Merges an entry read from the changelog topic. A terminal remote entry (`sent` or
+    /// `unknown-outcome`) replaces a missing, expired, reserved or older local entry; a
+    /// local terminal entry that is newer stays. Returns true when the entry changed.
+    pub fn apply_remote(
+        &self,
+        event_id: Uuid,
+        remote: &Entry,
+        now_ms: i64,
+    ) -> Result<bool, LedgerError> {
+        if matches!(remote.state, EntryState::Reserved { .. }) || remote.expires_at_ms <= now_ms {
+            return Ok(false);
+        }
+        let key = event_id.as_bytes();
+        loop {
+            let current = self.db.get(key)?;
+            if let Some(bytes) = &current {
+                let local = decode_entry(event_id, bytes)?;
+                let local_terminal = !matches!(local.state, EntryState::Reserved { .. });
+                let local_live = local.expires_at_ms > now_ms;
+                if local_terminal && local_live && local.updated_at_ms >= remote.updated_at_ms {
+                    return Ok(false);
+                }
+            }
+            if self
+                .db
+                .compare_and_swap(key, current.as_deref(), Some(encode_entry(remote)))?
+                .is_ok()
+            {
+                return Ok(true);
+            }
+        }
+    }
+
+    /// Returns the next changelog offset to read for `partition`, if a restore finished before.
+    pub fn changelog_checkpoint(&self, partition: i32) -> Result<Option<i64>, LedgerError> {
+        let tree = self.db.open_tree(CHECKPOINT_TREE)?;
+        Ok(tree
+            .get(partition.to_be_bytes())?
+            .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_ref()).ok())
+            .map(i64::from_be_bytes))
+    }
+
+    /// Records that the changelog of `partition` was applied up to, not including, `offset`.
+    pub fn set_changelog_checkpoint(&self, partition: i32, offset: i64) -> Result<(), LedgerError> {
+        let tree = self.db.open_tree(CHECKPOINT_TREE)?;
+        tree.insert(partition.to_be_bytes(), &offset.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Returns the entry stored for `event_id` after a transition, for the changelog.
+    pub fn entry(&self, event_id: Uuid) -> Result<Entry, LedgerError> {
+        self.get(event_id)?
+            .ok_or(LedgerError::NotReserved { event_id })
+    }
+
     /// Writes every change so far to disk and returns the number of bytes flushed.
     pub async fn flush(&self) -> Result<usize, LedgerError> {
         Ok(self.db.flush_async().await?)
@@ -380,11 +435,16 @@ impl Ledger {
     }
 }
 
-fn encode_entry(entry: &Entry) -> Vec<u8> {
+/// Name of the sled tree that keeps, per changelog partition, the next offset to restore from.
+const CHECKPOINT_TREE: &str = "changelog-checkpoints";
+
+/// Encodes an entry as stored in the ledger and in the changelog topic.
+pub fn encode_entry(entry: &Entry) -> Vec<u8> {
     serde_json::to_vec(entry).expect("ledger entries always serialize")
 }
 
-fn decode_entry(event_id: Uuid, bytes: &[u8]) -> Result<Entry, LedgerError> {
+/// Decodes an entry stored in the ledger or read from the changelog topic.
+pub fn decode_entry(event_id: Uuid, bytes: &[u8]) -> Result<Entry, LedgerError> {
     serde_json::from_slice(bytes).map_err(|error| LedgerError::Corrupt {
         event_id,
         message: error.to_string(),
@@ -523,6 +583,70 @@ mod tests {
             ledger.reserve(id, 2, 2_000).unwrap(),
             Reservation::AlreadySent
         );
+    }
+
+    #[test]
+    fn remote_sent_entry_replaces_reservation() {
+        let (_dir, ledger) = ledger();
+        let id = Uuid::new_v4();
+        ledger.reserve(id, 1, 1_000).unwrap();
+        let remote = Entry {
+            state: EntryState::Sent,
+            updated_at_ms: 900,
+            expires_at_ms: 90_000,
+            reply: Some("250".into()),
+        };
+        assert!(ledger.apply_remote(id, &remote, 1_000).unwrap());
+        assert_eq!(
+            ledger.reserve(id, 2, 1_100).unwrap(),
+            Reservation::AlreadySent
+        );
+    }
+
+    #[test]
+    fn newer_local_entry_wins_over_remote() {
+        let (_dir, ledger) = ledger();
+        let id = Uuid::new_v4();
+        ledger.reserve(id, 1, 1_000).unwrap();
+        ledger.mark_sent(id, 1, "250 local", 2_000).unwrap();
+        let older = Entry {
+            state: EntryState::UnknownOutcome,
+            updated_at_ms: 1_500,
+            expires_at_ms: 90_000,
+            reply: None,
+        };
+        assert!(!ledger.apply_remote(id, &older, 2_500).unwrap());
+        assert_eq!(ledger.get(id).unwrap().unwrap().state, EntryState::Sent);
+    }
+
+    #[test]
+    fn expired_or_reserved_remote_entries_are_ignored() {
+        let (_dir, ledger) = ledger();
+        let id = Uuid::new_v4();
+        let expired = Entry {
+            state: EntryState::Sent,
+            updated_at_ms: 0,
+            expires_at_ms: 10,
+            reply: None,
+        };
+        assert!(!ledger.apply_remote(id, &expired, 20).unwrap());
+        let reserved = Entry {
+            state: EntryState::Reserved { owner: 3 },
+            ..expired
+        };
+        assert!(!ledger.apply_remote(id, &reserved, 0).unwrap());
+        assert!(ledger.get(id).unwrap().is_none());
+    }
+
+    #[test]
+    fn checkpoints_are_kept_per_partition() {
+        let (_dir, ledger) = ledger();
+        assert_eq!(ledger.changelog_checkpoint(0).unwrap(), None);
+        ledger.set_changelog_checkpoint(0, 42).unwrap();
+        ledger.set_changelog_checkpoint(1, 7).unwrap();
+        assert_eq!(ledger.changelog_checkpoint(0).unwrap(), Some(42));
+        assert_eq!(ledger.changelog_checkpoint(1).unwrap(), Some(7));
+        assert_eq!(ledger.len(), 0, "checkpoints are not ledger entries");
     }
 
     #[test]

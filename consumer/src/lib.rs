@@ -6,6 +6,8 @@
 //! - [`worker`]: the consumer-group member; lanes, held retry records, offset storing.
 //! - [`pipeline`]: one record from decode to a durable outcome.
 //! - [`ledger`]: the sled dedupe ledger with compare-and-swap transitions.
+//! - [`changelog`]: the ledger's outcomes in a Kafka topic, and the restore from it.
+//! - [`breaker`]: the circuit breaker of the SMTP endpoint.
 //! - [`offsets`]: contiguous per-partition watermarks.
 //! - [`retry`]: the retry policy and its decision value.
 //! - [`record`]: delivery metadata in record headers.
@@ -14,6 +16,8 @@
 //! - [`events`] and [`stats`]: telemetry events and counters.
 //! - [`config`]: worker settings and their validation.
 
+pub mod breaker;
+pub mod changelog;
 pub mod config;
 pub mod email;
 pub mod events;
