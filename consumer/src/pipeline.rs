@@ -148,25 +148,48 @@ impl Pipeline {
         };
 
         match self.ledger.reserve(event.event_id, self.owner, now_ms())? {
-            Reservation::Acquired { took_over } => {
-                if took_over {
-                    tracing::warn!(
-                        event_id = %event.event_id,
-                        topic = record.topic,
-                        partition = record.partition,
-                        offset = record.offset,
-                        attempt,
-                        "Took over a stale ledger reservation; an earlier worker may have sent this event."
-                    );
-                }
+            Reservation::Acquired => {
+                // The reservation must be on disk before the send: a worker killed after
+                // the send then leaves evidence that the outcome is unknown.
+                self.ledger.sync().await?;
             }
             Reservation::AlreadySent => {
                 DuplicateSkipped { record }.emit(&self.stats);
                 return Ok(Outcome::Duplicate);
             }
-            Reservation::HeldByOther => {
-                let reason = "event is reserved by another worker";
-                return self.after_transient(message, &state, &record, reason).await;
+            Reservation::Interrupted => {
+                let reason = "a worker stopped while sending this event, so it may have been sent";
+                self.append_changelog(&state, &event).await?;
+                OutcomeUnknown {
+                    record,
+                    error: reason,
+                    resend: self.unknown_outcome == UnknownOutcomePolicy::Resend,
+                }
+                .emit(&self.stats);
+                match self.unknown_outcome {
+                    UnknownOutcomePolicy::DeadLetter => {
+                        return self
+                            .dead_letter(
+                                message,
+                                &state,
+                                Some(&record),
+                                ErrorClass::UnknownOutcome,
+                                reason,
+                            )
+                            .await;
+                    }
+                    UnknownOutcomePolicy::Resend => {
+                        if !self.ledger.reserve_after_unknown(
+                            event.event_id,
+                            self.owner,
+                            now_ms(),
+                        )? {
+                            return self.after_transient(message, &state, &record, reason).await;
+                        }
+                        self.ledger.sync().await?;
+                        self.stats.record_resent_after_unknown();
+                    }
+                }
             }
             Reservation::UnknownOutcome => match self.unknown_outcome {
                 UnknownOutcomePolicy::DeadLetter => {

@@ -860,7 +860,7 @@ async fn run_committer(
         while let Ok(next) = finished.try_recv() {
             batch.push(next);
         }
-        if let Err(error) = ledger.flush().await {
+        if let Err(error) = ledger.sync().await {
             tracing::error!(error = %error, "Ledger flush failed; offsets stay unstored.");
             continue;
         }
