@@ -14,16 +14,19 @@ use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use common::{
-    committed, end_offsets, event, read_topic, require_system_tests, wait_until, Stack,
-    TxnotifyProcess,
+    committed, end_offsets, event, read_topic, require_system_tests, try_end_offsets, wait_until,
+    Stack, TxnotifyProcess,
 };
 use serde_json::{json, Value};
 
 const SEED: u64 = 0x7a6e_6f74_6966_7921;
 
-/// Settings that make group membership and the breaker react within seconds.
-const FAST_GROUP: [(&str, &str); 3] = [
+/// Settings that make group membership react within seconds. Tansu waits up to the
+/// rebalance timeout, which librdkafka sets to `max.poll.interval.ms`, for members to
+/// rejoin, so that interval is short here too.
+const FAST_GROUP: [(&str, &str); 4] = [
     ("TXNOTIFY_NOTIFIER__SESSION_TIMEOUT_MS", "6000"),
+    ("TXNOTIFY_NOTIFIER__MAX_POLL_INTERVAL_MS", "10000"),
     ("TXNOTIFY_NOTIFIER__DRAIN_TIMEOUT_MS", "4000"),
     ("TXNOTIFY_NOTIFIER__STALL_TIMEOUT_MS", "60000"),
 ];
@@ -142,15 +145,23 @@ fn wait_accounted(stack: &Stack, events: &[Value], timeout: Duration) -> bool {
             .iter()
             .filter_map(|message| message.message_id.as_deref().and_then(event_id_of))
             .collect();
-        let dead: i64 = end_offsets(&stack.broker.bootstrap(), &stack.dlq())
-            .iter()
-            .sum();
+        // The broker may be restarting; try again on the next poll.
+        let Ok(ends) = try_end_offsets(&stack.broker.bootstrap(), &stack.dlq()) else {
+            return false;
+        };
+        let dead: i64 = ends.iter().sum();
         let missing = events
             .iter()
             .filter(|event| !delivered.contains(event["event_id"].as_str().unwrap()))
             .count();
         missing as i64 <= dead
     })
+}
+
+fn borrowed(envs: &[(String, String)]) -> Vec<(&str, &str)> {
+    envs.iter()
+        .map(|(key, value)| (key.as_str(), value.as_str()))
+        .collect()
 }
 
 fn publish_all(stack: &Stack, events: &[Value]) {
@@ -220,18 +231,21 @@ fn chaos_b_scale_one_three_one() {
     let fresh_dir = stack.dir.path().join("ledger-fresh-empty");
     let second_path = second_dir.display().to_string();
     let fresh_path = fresh_dir.display().to_string();
-    let mut second = stack.notify_with(&[
-        FAST_GROUP[0],
-        FAST_GROUP[1],
-        FAST_GROUP[2],
-        ("TXNOTIFY_NOTIFIER__LEDGER__PATH", &second_path),
-    ]);
-    let mut third = stack.notify_with(&[
-        FAST_GROUP[0],
-        FAST_GROUP[1],
-        FAST_GROUP[2],
-        ("TXNOTIFY_NOTIFIER__LEDGER__PATH", &fresh_path),
-    ]);
+    let with_ledger = |path: &str| -> Vec<(String, String)> {
+        let mut envs: Vec<(String, String)> = FAST_GROUP
+            .iter()
+            .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+            .collect();
+        envs.push((
+            "TXNOTIFY_NOTIFIER__LEDGER__PATH".to_owned(),
+            path.to_owned(),
+        ));
+        envs
+    };
+    let second_envs = with_ledger(&second_path);
+    let third_envs = with_ledger(&fresh_path);
+    let mut second = stack.notify_with(&borrowed(&second_envs));
+    let mut third = stack.notify_with(&borrowed(&third_envs));
     assert!(
         third.wait_for_output(
             "Ledger restored from the changelog",

@@ -162,25 +162,21 @@ pub fn restore(
 /// Appends ledger outcomes to the changelog topic.
 #[derive(Clone)]
 pub struct Changelog {
-    producer: FutureProducer,
     topic: String,
     timeout: Duration,
 }
 
 impl Changelog {
-    /// Creates an appender that writes to `topic` with `producer`.
-    pub fn new(producer: FutureProducer, topic: String, timeout: Duration) -> Self {
-        Self {
-            producer,
-            topic,
-            timeout,
-        }
+    /// Creates an appender that writes to `topic`.
+    pub fn new(topic: String, timeout: Duration) -> Self {
+        Self { topic, timeout }
     }
 
     /// Appends `entry` for `event_id` to changelog partition `partition` and waits for the
     /// acknowledgement.
     pub async fn append(
         &self,
+        producer: &FutureProducer,
         partition: i32,
         event_id: Uuid,
         entry: &Entry,
@@ -190,7 +186,7 @@ impl Changelog {
             .partition(partition)
             .key(event_id.as_bytes().as_slice())
             .payload(value.as_slice());
-        self.producer
+        producer
             .send(record, Timeout::After(self.timeout))
             .await
             .map(|_| ())

@@ -120,6 +120,8 @@ pub struct LedgerConfig {
     pub path: String,
     /// How long a `sent` entry keeps deduplicating, in seconds.
     pub ttl_secs: u64,
+    /// Memory sled may use for its page cache, in bytes.
+    pub cache_capacity_bytes: u64,
 }
 
 impl Default for LedgerConfig {
@@ -127,6 +129,7 @@ impl Default for LedgerConfig {
         Self {
             path: "txnotify-ledger".to_owned(),
             ttl_secs: 7 * 24 * 60 * 60,
+            cache_capacity_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -135,10 +138,18 @@ impl LedgerConfig {
     /// Checks the settings and returns a message naming the field at fault.
     pub fn validate(&self) -> Result<(), String> {
         if self.path.trim().is_empty() {
-            return Err("ledger.path is empty; set it to a directory the worker can write".into());
+            return Err(
+                "notifier.ledger.path is empty; set it to a directory the worker can write".into(),
+            );
+        }
+        if self.cache_capacity_bytes < 1024 * 1024 {
+            return Err(format!(
+                "notifier.ledger.cache_capacity_bytes is {}; set it to 1048576 (1 MiB) or more",
+                self.cache_capacity_bytes
+            ));
         }
         if self.ttl_secs == 0 {
-            return Err("ledger.ttl_secs is 0; set it to the dedupe window in seconds, for example 604800 (7 days)".into());
+            return Err("notifier.ledger.ttl_secs is 0; set it to the dedupe window in seconds, for example 604800 (7 days)".into());
         }
         Ok(())
     }
@@ -174,8 +185,17 @@ impl Ledger {
 
     /// Opens (or creates) a store at `path` with the given expiry times.
     pub fn open_path(path: &Path, ttl: Duration) -> Result<Self, LedgerError> {
+        Self::open_with(path, ttl, LedgerConfig::default().cache_capacity_bytes)
+    }
+
+    fn open_with(
+        path: &Path,
+        ttl: Duration,
+        cache_capacity_bytes: u64,
+    ) -> Result<Self, LedgerError> {
         let db = sled::Config::new()
             .path(path)
+            .cache_capacity(cache_capacity_bytes)
             // Durability comes from explicit batch flushes, not from a timer.
             .flush_every_ms(None)
             .open()

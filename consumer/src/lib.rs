@@ -5,6 +5,7 @@
 //!
 //! - [`worker`]: the consumer-group member; lanes, held retry records, offset storing.
 //! - [`pipeline`]: one record from decode to a durable outcome.
+//! - [`producer`]: the worker's producer, replaced when it stops working.
 //! - [`ledger`]: the sled dedupe ledger with compare-and-swap transitions.
 //! - [`changelog`]: the ledger's outcomes in a Kafka topic, and the restore from it.
 //! - [`breaker`]: the circuit breaker of the SMTP endpoint.
@@ -24,6 +25,7 @@ pub mod events;
 pub mod ledger;
 pub mod offsets;
 pub mod pipeline;
+pub mod producer;
 pub mod record;
 pub mod retry;
 pub mod stats;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
 use tokio::sync::watch;
 use txnotify_schemas::{ErrorClass, Limits, TransactionEvent};
@@ -22,6 +22,7 @@ use crate::events::{
     DeadLettered, DuplicateSkipped, NotificationSent, OutcomeUnknown, RecordRef, RetryScheduled,
 };
 use crate::ledger::{Ledger, LedgerError, Reservation};
+use crate::producer::WorkerProducer;
 use crate::record::{forward_headers, DeliveryState, Forward, Origin};
 use crate::retry::{Decision, RetryPolicy};
 use crate::stats::Stats;
@@ -57,7 +58,7 @@ pub struct Pipeline {
     /// SMTP sender.
     pub sender: SmtpSender,
     /// Producer for retry and dead-letter records.
-    pub producer: FutureProducer,
+    pub producer: Arc<WorkerProducer>,
     /// Delivery timeout for retry and dead-letter records.
     pub produce_timeout: Duration,
     /// Appender of ledger outcomes to the changelog topic.
@@ -346,16 +347,27 @@ impl Pipeline {
         loop {
             match self
                 .changelog
-                .append(state.origin.partition, event.event_id, &entry)
+                .append(
+                    &self.producer.get(),
+                    state.origin.partition,
+                    event.event_id,
+                    &entry,
+                )
                 .await
             {
-                Ok(()) => return Ok(()),
-                Err(error) => tracing::error!(
+                Ok(()) => {
+                    self.producer.succeeded();
+                    return Ok(());
+                }
+                Err(error) => {
+                    self.producer.failed();
+                    tracing::error!(
                     event_id = %event.event_id,
                     partition = state.origin.partition,
                     error = %error,
                     "Failed to append to the ledger changelog; trying again."
-                ),
+                    );
+                }
             }
             if *shutdown.borrow() {
                 return Err(PipelineError::ShuttingDown);
@@ -484,11 +496,16 @@ impl Pipeline {
             }
             let result = self
                 .producer
+                .get()
                 .send(record, Timeout::After(self.produce_timeout))
                 .await;
             match result {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    self.producer.succeeded();
+                    return Ok(());
+                }
                 Err((error, _)) => {
+                    self.producer.failed();
                     tracing::error!(
                         topic,
                         origin_topic = message.topic(),

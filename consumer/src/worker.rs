@@ -28,7 +28,6 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -41,6 +40,7 @@ use crate::email::{Renderer, SmtpSender};
 use crate::ledger::Ledger;
 use crate::offsets::{OffsetTracker, TopicPartition};
 use crate::pipeline::{now_ms, Pipeline, PipelineError};
+use crate::producer::WorkerProducer;
 use crate::record::header_bytes;
 use crate::stats::Stats;
 use crate::topics::TopicNames;
@@ -332,7 +332,7 @@ impl Notifier {
         for (key, value) in &self.kafka.properties {
             producer_config.set(key, value);
         }
-        let producer: FutureProducer = producer_config.create()?;
+        let producer = Arc::new(WorkerProducer::new(producer_config)?);
 
         let breaker = Arc::new(Breaker::new(
             self.sender.endpoint(),
@@ -350,10 +350,9 @@ impl Notifier {
             owner: rand_owner(),
             renderer: self.renderer,
             sender: self.sender,
-            producer: producer.clone(),
+            producer,
             produce_timeout: Duration::from_millis(self.config.produce_timeout_ms),
             changelog: Changelog::new(
-                producer.clone(),
                 names.ledger(),
                 Duration::from_millis(self.config.produce_timeout_ms),
             ),
@@ -388,7 +387,7 @@ impl Notifier {
         let mut lanes = Vec::with_capacity(self.config.max_in_flight);
         let mut lane_tasks = JoinSet::new();
         for _ in 0..self.config.max_in_flight {
-            let (lane_tx, lane_rx) = mpsc::channel::<Job>(LANE_QUEUE);
+            let (lane_tx, lane_rx) = mpsc::unbounded_channel::<Job>();
             lanes.push(lane_tx);
             lane_tasks.spawn(run_lane(
                 pipeline.clone(),
@@ -414,6 +413,9 @@ impl Notifier {
             (self.config.stall_timeout_ms / 4).max(100),
         ));
         let mut stall_warned = false;
+        let buffer_limit = self.config.max_in_flight * BUFFER_PER_LANE;
+        let mut backpressure = false;
+        let mut backpressure_tick = tokio::time::interval(Duration::from_millis(50));
         tokio::pin!(shutdown);
 
         tracing::info!(group = %self.config.group_id, topics = ?topics, "Notifier started.");
@@ -489,6 +491,21 @@ impl Notifier {
                         }
                     }
                 }
+                _ = backpressure_tick.tick() => {
+                    let buffered = shared.tracker().in_flight();
+                    // Pausing again is harmless, and it catches partitions another path resumed.
+                    if buffered >= buffer_limit {
+                        backpressure = true;
+                        let all: Vec<TopicPartition> = assigned.iter().cloned().collect();
+                        if let Err(error) = consumer.pause(&partition_list(&all)) {
+                            tracing::warn!(error = %error, "Failed to pause partitions for backpressure.");
+                        }
+                    } else if backpressure && buffered <= buffer_limit / 2 {
+                        backpressure = false;
+                        let ready: Vec<TopicPartition> = assigned.iter().filter(|key| !restoring.contains(&key.1)).cloned().collect();
+                        resume(&consumer, &shared, &breaker, &ready);
+                    }
+                }
                 _ = watchdog.tick() => {
                     let stalled = check_stall(
                         &consumer,
@@ -537,7 +554,7 @@ impl Notifier {
                                 }
                             }
                         }
-                        dispatch(&lanes, message).await;
+                        dispatch(&lanes, message);
                     }
                     Err(error) => {
                         tracing::warn!(error = %error, "Kafka consumer reported an error.");
@@ -586,8 +603,10 @@ impl Notifier {
     }
 }
 
-/// Records queued per lane; the lanes together bound the records in memory.
-const LANE_QUEUE: usize = 8;
+/// Records the worker holds in memory per lane before it pauses every partition. The main
+/// loop never blocks on a full lane, because a loop that stops polling for longer than
+/// `max.poll.interval.ms` is removed from the group.
+const BUFFER_PER_LANE: usize = 8;
 
 fn rand_owner() -> u64 {
     let mut hasher = DefaultHasher::new();
@@ -605,9 +624,9 @@ fn lane_of(message: &OwnedMessage, lanes: usize) -> usize {
     usize::try_from(hasher.finish() % lanes as u64).unwrap_or(0)
 }
 
-async fn dispatch(lanes: &[mpsc::Sender<Job>], message: OwnedMessage) {
+fn dispatch(lanes: &[mpsc::UnboundedSender<Job>], message: OwnedMessage) {
     let lane = lane_of(&message, lanes.len());
-    if lanes[lane].send(Job { message }).await.is_err() {
+    if lanes[lane].send(Job { message }).is_err() {
         tracing::error!(lane, "A lane stopped; the record will be redelivered.");
     }
 }
@@ -664,7 +683,7 @@ async fn release_due(
     shared: &Shared,
     breaker: &Breaker,
     key: &TopicPartition,
-    lanes: &[mpsc::Sender<Job>],
+    lanes: &[mpsc::UnboundedSender<Job>],
     signal_tx: &mpsc::UnboundedSender<Signal>,
 ) {
     let Some(mut queue) = shared.held().remove(key) else {
@@ -677,7 +696,7 @@ async fn release_due(
             schedule_release(key.clone(), wait, signal_tx);
             return;
         }
-        dispatch(lanes, message).await;
+        dispatch(lanes, message);
     }
     resume(consumer, shared, breaker, std::slice::from_ref(key));
 }
@@ -825,7 +844,7 @@ fn waiting_records(consumer: &StreamConsumer<WorkerContext>, partitions: &[Topic
 
 async fn run_lane(
     pipeline: Arc<Pipeline>,
-    mut jobs: mpsc::Receiver<Job>,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
     finished: mpsc::UnboundedSender<Finished>,
     fatal: mpsc::UnboundedSender<PipelineError>,
 ) {

@@ -29,8 +29,8 @@ pub use {
     process::ManagedProcess,
     smtp::{support_script, ReceivedMessage, SmtpOptions, SmtpServer, SmtpTls},
     stack::{
-        accepted_for, amount_text, committed, end_offsets, event, produce_raw, read_topic, Read,
-        Stack, MAX_ATTEMPTS, PARTITIONS,
+        accepted_for, amount_text, committed, end_offsets, event, produce_raw, read_topic,
+        try_end_offsets, Read, Stack, MAX_ATTEMPTS, PARTITIONS,
     },
     txnotify::{run_txnotify, txnotify_bin, TxnotifyOutput, TxnotifyProcess},
 };

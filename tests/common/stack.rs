@@ -256,16 +256,24 @@ pub fn committed(bootstrap: &str, group: &str, topic: &str) -> Vec<i64> {
 }
 
 pub fn end_offsets(bootstrap: &str, topic: &str) -> Vec<i64> {
+    try_end_offsets(bootstrap, topic)
+        .unwrap_or_else(|error| panic!("failed to read end offsets of {topic}: {error}"))
+}
+
+/// Returns the end offset of each partition of `topic`, or the error while the broker
+/// is unreachable, for example during a restart.
+pub fn try_end_offsets(
+    bootstrap: &str,
+    topic: &str,
+) -> Result<Vec<i64>, rdkafka::error::KafkaError> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .create()
-        .unwrap();
+        .create()?;
     (0..PARTITIONS)
         .map(|partition| {
             consumer
                 .fetch_watermarks(topic, partition, Duration::from_secs(10))
-                .unwrap()
-                .1
+                .map(|(_, high)| high)
         })
         .collect()
 }
