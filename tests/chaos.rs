@@ -21,6 +21,16 @@ use serde_json::{json, Value};
 
 const SEED: u64 = 0x7a6e_6f74_6966_7921;
 
+/// Scenarios run one at a time: each one loads both cores, and timing bounds such as the
+/// drain deadline only mean something on a machine that is not running another scenario.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Settings that make group membership react within seconds. Tansu waits up to the
 /// rebalance timeout, which librdkafka sets to `max.poll.interval.ms`, for members to
 /// rejoin, so that interval is short here too.
@@ -192,6 +202,7 @@ fn stop(name: &str, notifier: &mut TxnotifyProcess) {
 #[test]
 fn chaos_a_kill_nine_and_restart() {
     require_system_tests!();
+    let _serial = serial();
     let stack = Stack::start_with(json!([]), BREAKER);
     let events = events(5_000, "a");
     publish_all(&stack, &events);
@@ -221,6 +232,7 @@ fn chaos_a_kill_nine_and_restart() {
 #[test]
 fn chaos_b_scale_one_three_one() {
     require_system_tests!();
+    let _serial = serial();
     let stack = Stack::start_with(json!([]), BREAKER);
     let events = events(3_000, "b");
     publish_all(&stack, &events);
@@ -275,6 +287,7 @@ fn chaos_b_scale_one_three_one() {
 #[test]
 fn chaos_c_smtp_outage() {
     require_system_tests!();
+    let _serial = serial();
     let mut stack = Stack::start_with(json!([]), BREAKER);
     let events = events(2_000, "c");
     publish_all(&stack, &events);
@@ -327,6 +340,7 @@ fn chaos_c_smtp_outage() {
 #[test]
 fn chaos_d_stall_after_data_for_some_recipients() {
     require_system_tests!();
+    let _serial = serial();
     let stack = Stack::start_with(
         json!([{"recipient": "stall-*@example.com", "action": "stall-after-data"}]),
         BREAKER,
@@ -380,6 +394,7 @@ fn chaos_d_stall_after_data_for_some_recipients() {
 #[test]
 fn chaos_e_broker_paused_then_restarted() {
     require_system_tests!();
+    let _serial = serial();
     let mut stack = Stack::start_with(json!([]), BREAKER);
     let events = events(3_000, "e");
     publish_all(&stack, &events);
@@ -408,6 +423,7 @@ fn chaos_e_broker_paused_then_restarted() {
 #[test]
 fn chaos_f_sigterm_during_load() {
     require_system_tests!();
+    let _serial = serial();
     let stack = Stack::start_with(json!([]), BREAKER);
     let events = events(3_000, "f");
     publish_all(&stack, &events);

@@ -595,6 +595,9 @@ impl Notifier {
         if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::warn!(error = %error, "Final offset commit failed.");
         }
+        // Records the lanes did not finish are redelivered; the revoke that closing the
+        // consumer triggers must not wait for them again.
+        *shared.tracker() = OffsetTracker::new();
         tracing::info!("Notifier stopped.");
         match fatal {
             Some(error) => Err(error),
