@@ -72,7 +72,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let bootstrap = cluster.bootstrap_servers();
     let settings = TopicSettings {
         partitions: 3,
-        retry_partitions: 3,
+        dlq_partitions: 3,
         replication_factor: 1,
         ..TopicSettings::default()
     };
@@ -206,7 +206,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let dlq = read_dead_letters(
         &bootstrap,
         &notifier_config.topic_names().dlq(),
-        settings.retry_partitions,
+        settings.dlq_partitions,
     )?;
     sink.stop();
 

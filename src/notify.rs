@@ -6,7 +6,7 @@ use std::sync::Arc;
 use txnotify_consumer::email::{Renderer, SmtpSender};
 use txnotify_consumer::ledger::Ledger;
 use txnotify_consumer::stats::Stats;
-use txnotify_consumer::worker::Notifier;
+use txnotify_consumer::worker::{Notifier, WorkerError};
 
 use crate::config::AppConfig;
 
@@ -35,19 +35,41 @@ pub async fn run(mut config: AppConfig, args: NotifyArgs) -> anyhow::Result<Exit
         .validate()
         .map_err(|error| anyhow::anyhow!("invalid configuration: {error}"))?;
 
-    let renderer = Renderer::new(&config.render)?;
-    let sender = SmtpSender::new(config.smtp.clone())?;
     let ledger = Ledger::open(&config.notifier.ledger)?;
     let stats = Arc::new(Stats::default());
-    let notifier = Notifier::new(
-        config.notifier.clone(),
-        config.kafka.clone(),
-        sender,
-        renderer,
-        ledger,
-        stats.clone(),
-    )?;
-    notifier.run(shutdown_signal()).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+
+    // A stalled consumer is replaced by a new one; every other error ends the process.
+    loop {
+        let notifier = Notifier::new(
+            config.notifier.clone(),
+            config.kafka.clone(),
+            SmtpSender::new(config.smtp.clone())?,
+            Renderer::new(&config.render)?,
+            ledger.clone(),
+            stats.clone(),
+        )?;
+        let mut stop = stop_rx.clone();
+        let result = notifier
+            .run(async move {
+                let _ = stop.wait_for(|stopping| *stopping).await;
+            })
+            .await;
+        match result {
+            Ok(()) => break,
+            Err(WorkerError::Stalled { seconds }) => {
+                tracing::error!(seconds, "Restarting the stalled consumer.");
+            }
+            Err(error) => return Err(error.into()),
+        }
+        if *stop_rx.borrow() {
+            break;
+        }
+    }
     let snapshot = stats.snapshot();
     tracing::info!(
         sent = snapshot.sent,

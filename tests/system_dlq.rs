@@ -52,7 +52,7 @@ bootstrap_servers = "{bootstrap}"
 
 [topics]
 partitions = {PARTITIONS}
-retry_partitions = {PARTITIONS}
+dlq_partitions = {PARTITIONS}
 replication_factor = 1
 
 [notifier]

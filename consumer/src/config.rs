@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::breaker::BreakerConfig;
 use crate::ledger::LedgerConfig;
 use crate::retry::RetryPolicy;
 use crate::topics::TopicNames;
@@ -97,8 +98,15 @@ pub struct NotifierConfig {
     pub drain_timeout_ms: u64,
     /// Delivery timeout of retry and dead-letter records, in milliseconds.
     pub produce_timeout_ms: u64,
+    /// Longest time to restore one partition's ledger from the changelog, in milliseconds.
+    pub restore_timeout_ms: u64,
+    /// Time without progress, while records wait, after which the consumer restarts, in
+    /// milliseconds.
+    pub stall_timeout_ms: u64,
     /// Retry tiers and bounds.
     pub retry: RetryPolicy,
+    /// Circuit breaker of the SMTP endpoint.
+    pub breaker: BreakerConfig,
     /// Dedupe ledger store.
     pub ledger: LedgerConfig,
 }
@@ -116,7 +124,10 @@ impl Default for NotifierConfig {
             commit_interval_ms: 1_000,
             drain_timeout_ms: 20_000,
             produce_timeout_ms: 30_000,
+            restore_timeout_ms: 120_000,
+            stall_timeout_ms: 120_000,
             retry: RetryPolicy::default(),
+            breaker: BreakerConfig::default(),
             ledger: LedgerConfig::default(),
         }
     }
@@ -166,7 +177,17 @@ impl NotifierConfig {
         if self.produce_timeout_ms == 0 {
             return Err("notifier.produce_timeout_ms is 0; set it to 30000 or similar".into());
         }
+        if self.restore_timeout_ms == 0 {
+            return Err("notifier.restore_timeout_ms is 0; set it to 120000 or similar".into());
+        }
+        if self.stall_timeout_ms < 1_000 {
+            return Err(format!(
+                "notifier.stall_timeout_ms is {}; set it to 1000 or more, well above the longest send",
+                self.stall_timeout_ms
+            ));
+        }
         self.retry.validate()?;
+        self.breaker.validate()?;
         self.ledger.validate()
     }
 

@@ -5,16 +5,25 @@
 //! race on the same event can never both win a reservation:
 //!
 //! ```text
-//! absent | expired | stale reservation --reserve--> reserved(owner)
+//! absent | expired --reserve--> reserved(owner)
 //! reserved(owner) --mark_sent--> sent
 //! reserved(owner) --mark_unknown--> unknown-outcome
 //! reserved(owner) --release--> absent
+//! reserved(other owner) --reserve--> unknown-outcome
 //! ```
 //!
-//! Writes are not flushed one by one: the committer calls [`Ledger::flush`] once per
-//! batch, and offsets advance only after that flush returns.
+//! A reservation is made durable by [`Ledger::sync`] before the message is sent, so a
+//! worker killed mid-send leaves a reservation of an owner that no longer runs. The next
+//! worker cannot know whether the server accepted that message, so the entry becomes
+//! `unknown-outcome` instead of being sent a second time. Each ledger directory has one
+//! owner at a time, because sled locks it.
+//!
+//! Writes are never flushed one by one: [`Ledger::sync`] coalesces concurrent callers
+//! into one flush, and offsets advance only after the flush that covers their outcome.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -93,17 +102,14 @@ pub struct Entry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reservation {
     /// The caller now owns the entry and may send.
-    Acquired {
-        /// True when the caller took over a stale reservation of another owner, which
-        /// means an earlier worker may have sent the message before it stopped.
-        took_over: bool,
-    },
+    Acquired,
     /// The event was already notified: a duplicate.
     AlreadySent,
     /// An earlier send ended with an unknown outcome.
     UnknownOutcome,
-    /// Another live owner holds the reservation; try again later.
-    HeldByOther,
+    /// A worker that no longer runs had reserved the event and may have sent it; the
+    /// entry is now `unknown-outcome`.
+    Interrupted,
 }
 
 /// Settings of the ledger store.
@@ -114,8 +120,8 @@ pub struct LedgerConfig {
     pub path: String,
     /// How long a `sent` entry keeps deduplicating, in seconds.
     pub ttl_secs: u64,
-    /// Age after which another owner's reservation counts as abandoned, in milliseconds.
-    pub reservation_timeout_ms: u64,
+    /// Memory sled may use for its page cache, in bytes.
+    pub cache_capacity_bytes: u64,
 }
 
 impl Default for LedgerConfig {
@@ -123,7 +129,7 @@ impl Default for LedgerConfig {
         Self {
             path: "txnotify-ledger".to_owned(),
             ttl_secs: 7 * 24 * 60 * 60,
-            reservation_timeout_ms: 5 * 60 * 1000,
+            cache_capacity_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -132,13 +138,18 @@ impl LedgerConfig {
     /// Checks the settings and returns a message naming the field at fault.
     pub fn validate(&self) -> Result<(), String> {
         if self.path.trim().is_empty() {
-            return Err("ledger.path is empty; set it to a directory the worker can write".into());
+            return Err(
+                "notifier.ledger.path is empty; set it to a directory the worker can write".into(),
+            );
+        }
+        if self.cache_capacity_bytes < 1024 * 1024 {
+            return Err(format!(
+                "notifier.ledger.cache_capacity_bytes is {}; set it to 1048576 (1 MiB) or more",
+                self.cache_capacity_bytes
+            ));
         }
         if self.ttl_secs == 0 {
-            return Err("ledger.ttl_secs is 0; set it to the dedupe window in seconds, for example 604800 (7 days)".into());
-        }
-        if self.reservation_timeout_ms == 0 {
-            return Err("ledger.reservation_timeout_ms is 0; set it above the longest send, for example 300000".into());
+            return Err("notifier.ledger.ttl_secs is 0; set it to the dedupe window in seconds, for example 604800 (7 days)".into());
         }
         Ok(())
     }
@@ -149,7 +160,10 @@ impl LedgerConfig {
 pub struct Ledger {
     db: sled::Db,
     ttl: Duration,
-    reservation_timeout: Duration,
+    /// Count of writes so far, compared with `flushed` to coalesce flushes.
+    writes: Arc<AtomicU64>,
+    /// Value of `writes` covered by the last finished flush.
+    flushed: Arc<tokio::sync::Mutex<u64>>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -163,21 +177,26 @@ impl std::fmt::Debug for Ledger {
 impl Ledger {
     /// Opens (or creates) the store described by `config`.
     pub fn open(config: &LedgerConfig) -> Result<Self, LedgerError> {
-        Self::open_path(
+        Self::open_with(
             Path::new(&config.path),
             Duration::from_secs(config.ttl_secs),
-            Duration::from_millis(config.reservation_timeout_ms),
+            config.cache_capacity_bytes,
         )
     }
 
-    /// Opens (or creates) a store at `path` with the given expiry times.
-    pub fn open_path(
+    /// Opens (or creates) a store at `path` with the given expiry time and the default cache.
+    pub fn open_path(path: &Path, ttl: Duration) -> Result<Self, LedgerError> {
+        Self::open_with(path, ttl, LedgerConfig::default().cache_capacity_bytes)
+    }
+
+    fn open_with(
         path: &Path,
         ttl: Duration,
-        reservation_timeout: Duration,
+        cache_capacity_bytes: u64,
     ) -> Result<Self, LedgerError> {
         let db = sled::Config::new()
             .path(path)
+            .cache_capacity(cache_capacity_bytes)
             // Durability comes from explicit batch flushes, not from a timer.
             .flush_every_ms(None)
             .open()
@@ -188,7 +207,8 @@ impl Ledger {
         Ok(Self {
             db,
             ttl,
-            reservation_timeout,
+            writes: Arc::new(AtomicU64::new(0)),
+            flushed: Arc::new(tokio::sync::Mutex::new(0)),
         })
     }
 
@@ -210,7 +230,7 @@ impl Ledger {
         let key = event_id.as_bytes();
         loop {
             let current = self.db.get(key)?;
-            let mut took_over = false;
+            let mut next_state = EntryState::Reserved { owner };
             if let Some(bytes) = &current {
                 let entry = decode_entry(event_id, bytes)?;
                 let expired = entry.expires_at_ms <= now_ms;
@@ -218,23 +238,15 @@ impl Ledger {
                     match entry.state {
                         EntryState::Sent => return Ok(Reservation::AlreadySent),
                         EntryState::UnknownOutcome => return Ok(Reservation::UnknownOutcome),
-                        EntryState::Reserved { owner: holder } => {
-                            let age_ms = now_ms.saturating_sub(entry.updated_at_ms);
-                            let stale = age_ms >= duration_ms(self.reservation_timeout);
-                            if holder == owner {
-                                // Same owner: a retry of its own reservation.
-                            } else if stale {
-                                took_over = true;
-                            } else {
-                                return Ok(Reservation::HeldByOther);
-                            }
-                        }
+                        // The owner's own reservation: an earlier attempt of this worker.
+                        EntryState::Reserved { owner: holder } if holder == owner => {}
+                        EntryState::Reserved { .. } => next_state = EntryState::UnknownOutcome,
                     }
                 }
             }
 
             let next = Entry {
-                state: EntryState::Reserved { owner },
+                state: next_state,
                 updated_at_ms: now_ms,
                 expires_at_ms: now_ms.saturating_add(duration_ms(self.ttl)),
                 reply: None,
@@ -243,7 +255,11 @@ impl Ledger {
                 self.db
                     .compare_and_swap(key, current.as_deref(), Some(encode_entry(&next)))?;
             if swapped.is_ok() {
-                return Ok(Reservation::Acquired { took_over });
+                self.writes.fetch_add(1, Ordering::SeqCst);
+                return Ok(match next_state {
+                    EntryState::UnknownOutcome => Reservation::Interrupted,
+                    _ => Reservation::Acquired,
+                });
             }
             // Another writer changed the entry between the read and the swap: read again.
         }
@@ -307,14 +323,85 @@ impl Ledger {
                 .compare_and_swap(key, Some(current), None as Option<&[u8]>)?
                 .is_ok()
             {
+                self.writes.fetch_add(1, Ordering::SeqCst);
                 return Ok(());
             }
         }
     }
 
+    /// Merges an entry read from the changelog topic. A terminal remote entry (`sent` or
+    /// `unknown-outcome`) replaces a missing, expired, reserved or older local entry; a
+    /// local terminal entry that is newer stays. Returns true when the entry changed.
+    pub fn apply_remote(
+        &self,
+        event_id: Uuid,
+        remote: &Entry,
+        now_ms: i64,
+    ) -> Result<bool, LedgerError> {
+        if matches!(remote.state, EntryState::Reserved { .. }) || remote.expires_at_ms <= now_ms {
+            return Ok(false);
+        }
+        let key = event_id.as_bytes();
+        loop {
+            let current = self.db.get(key)?;
+            if let Some(bytes) = &current {
+                let local = decode_entry(event_id, bytes)?;
+                let local_terminal = !matches!(local.state, EntryState::Reserved { .. });
+                let local_live = local.expires_at_ms > now_ms;
+                if local_terminal && local_live && local.updated_at_ms >= remote.updated_at_ms {
+                    return Ok(false);
+                }
+            }
+            if self
+                .db
+                .compare_and_swap(key, current.as_deref(), Some(encode_entry(remote)))?
+                .is_ok()
+            {
+                self.writes.fetch_add(1, Ordering::SeqCst);
+                return Ok(true);
+            }
+        }
+    }
+
+    /// Returns the next changelog offset to read for `partition`, if a restore finished before.
+    pub fn changelog_checkpoint(&self, partition: i32) -> Result<Option<i64>, LedgerError> {
+        let tree = self.db.open_tree(CHECKPOINT_TREE)?;
+        Ok(tree
+            .get(partition.to_be_bytes())?
+            .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_ref()).ok())
+            .map(i64::from_be_bytes))
+    }
+
+    /// Records that the changelog of `partition` was applied up to, not including, `offset`.
+    pub fn set_changelog_checkpoint(&self, partition: i32, offset: i64) -> Result<(), LedgerError> {
+        let tree = self.db.open_tree(CHECKPOINT_TREE)?;
+        tree.insert(partition.to_be_bytes(), &offset.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Returns the entry stored for `event_id` after a transition, for the changelog.
+    pub fn entry(&self, event_id: Uuid) -> Result<Entry, LedgerError> {
+        self.get(event_id)?
+            .ok_or(LedgerError::NotReserved { event_id })
+    }
+
     /// Writes every change so far to disk and returns the number of bytes flushed.
     pub async fn flush(&self) -> Result<usize, LedgerError> {
         Ok(self.db.flush_async().await?)
+    }
+
+    /// Makes every write made before the call durable. Concurrent callers share one
+    /// flush: a caller whose writes a finished flush already covered returns at once.
+    pub async fn sync(&self) -> Result<(), LedgerError> {
+        let target = self.writes.load(Ordering::SeqCst);
+        let mut flushed = self.flushed.lock().await;
+        if *flushed >= target {
+            return Ok(());
+        }
+        let covered = self.writes.load(Ordering::SeqCst);
+        self.db.flush_async().await?;
+        *flushed = covered;
+        Ok(())
     }
 
     /// Deletes entries whose expiry time is at or before `now_ms` and returns how many went.
@@ -374,17 +461,23 @@ impl Ledger {
                 .compare_and_swap(key, Some(current), Some(encode_entry(&next)))?
                 .is_ok()
             {
+                self.writes.fetch_add(1, Ordering::SeqCst);
                 return Ok(true);
             }
         }
     }
 }
 
-fn encode_entry(entry: &Entry) -> Vec<u8> {
+/// Name of the sled tree that keeps, per changelog partition, the next offset to restore from.
+const CHECKPOINT_TREE: &str = "changelog-checkpoints";
+
+/// Encodes an entry as stored in the ledger and in the changelog topic.
+pub fn encode_entry(entry: &Entry) -> Vec<u8> {
     serde_json::to_vec(entry).expect("ledger entries always serialize")
 }
 
-fn decode_entry(event_id: Uuid, bytes: &[u8]) -> Result<Entry, LedgerError> {
+/// Decodes an entry stored in the ledger or read from the changelog topic.
+pub fn decode_entry(event_id: Uuid, bytes: &[u8]) -> Result<Entry, LedgerError> {
     serde_json::from_slice(bytes).map_err(|error| LedgerError::Corrupt {
         event_id,
         message: error.to_string(),
@@ -401,9 +494,7 @@ mod tests {
 
     fn ledger() -> (tempfile::TempDir, Ledger) {
         let dir = tempfile::tempdir().unwrap();
-        let ledger =
-            Ledger::open_path(dir.path(), Duration::from_secs(60), Duration::from_secs(10))
-                .unwrap();
+        let ledger = Ledger::open_path(dir.path(), Duration::from_secs(60)).unwrap();
         (dir, ledger)
     }
 
@@ -411,10 +502,7 @@ mod tests {
     fn reserve_then_sent_is_duplicate() {
         let (_dir, ledger) = ledger();
         let id = Uuid::new_v4();
-        assert_eq!(
-            ledger.reserve(id, 1, 1_000).unwrap(),
-            Reservation::Acquired { took_over: false }
-        );
+        assert_eq!(ledger.reserve(id, 1, 1_000).unwrap(), Reservation::Acquired);
         ledger.mark_sent(id, 1, "250 ok", 1_100).unwrap();
         assert_eq!(
             ledger.reserve(id, 2, 1_200).unwrap(),
@@ -427,31 +515,48 @@ mod tests {
     }
 
     #[test]
-    fn live_reservation_blocks_other_owner() {
+    fn own_reservation_is_acquired_again() {
+        let (_dir, ledger) = ledger();
+        let id = Uuid::new_v4();
+        ledger.reserve(id, 1, 1_000).unwrap();
+        assert_eq!(ledger.reserve(id, 1, 2_000).unwrap(), Reservation::Acquired);
+    }
+
+    #[test]
+    fn other_owners_reservation_becomes_unknown() {
         let (_dir, ledger) = ledger();
         let id = Uuid::new_v4();
         ledger.reserve(id, 1, 1_000).unwrap();
         assert_eq!(
             ledger.reserve(id, 2, 2_000).unwrap(),
-            Reservation::HeldByOther
+            Reservation::Interrupted
         );
         assert_eq!(
-            ledger.reserve(id, 1, 2_000).unwrap(),
-            Reservation::Acquired { took_over: false }
+            ledger.get(id).unwrap().unwrap().state,
+            EntryState::UnknownOutcome
+        );
+        assert!(ledger.mark_sent(id, 1, "250", 2_001).is_err());
+        assert_eq!(
+            ledger.reserve(id, 2, 2_002).unwrap(),
+            Reservation::UnknownOutcome
         );
     }
 
-    #[test]
-    fn stale_reservation_is_taken_over() {
-        let (_dir, ledger) = ledger();
+    #[tokio::test]
+    async fn sync_makes_reservation_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
         let id = Uuid::new_v4();
-        ledger.reserve(id, 1, 1_000).unwrap();
+        {
+            let ledger = Ledger::open_path(dir.path(), Duration::from_secs(60)).unwrap();
+            ledger.reserve(id, 1, 1_000).unwrap();
+            ledger.sync().await.unwrap();
+            ledger.sync().await.unwrap();
+        }
+        let ledger = Ledger::open_path(dir.path(), Duration::from_secs(60)).unwrap();
         assert_eq!(
-            ledger.reserve(id, 2, 11_000).unwrap(),
-            Reservation::Acquired { took_over: true }
+            ledger.reserve(id, 2, 2_000).unwrap(),
+            Reservation::Interrupted
         );
-        assert!(ledger.mark_sent(id, 1, "250", 11_001).is_err());
-        ledger.mark_sent(id, 2, "250", 11_002).unwrap();
     }
 
     #[test]
@@ -461,10 +566,7 @@ mod tests {
         ledger.reserve(id, 1, 1_000).unwrap();
         ledger.release(id, 1).unwrap();
         assert!(ledger.get(id).unwrap().is_none());
-        assert_eq!(
-            ledger.reserve(id, 2, 1_001).unwrap(),
-            Reservation::Acquired { took_over: false }
-        );
+        assert_eq!(ledger.reserve(id, 2, 1_001).unwrap(), Reservation::Acquired);
     }
 
     #[test]
@@ -489,7 +591,7 @@ mod tests {
         ledger.mark_sent(id, 1, "250", 0).unwrap();
         assert_eq!(
             ledger.reserve(id, 2, 60_001).unwrap(),
-            Reservation::Acquired { took_over: false }
+            Reservation::Acquired
         );
     }
 
@@ -510,15 +612,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let id = Uuid::new_v4();
         {
-            let ledger =
-                Ledger::open_path(dir.path(), Duration::from_secs(60), Duration::from_secs(1))
-                    .unwrap();
+            let ledger = Ledger::open_path(dir.path(), Duration::from_secs(60)).unwrap();
             ledger.reserve(id, 1, 1_000).unwrap();
             ledger.mark_sent(id, 1, "250", 1_000).unwrap();
             ledger.flush().await.unwrap();
         }
-        let ledger =
-            Ledger::open_path(dir.path(), Duration::from_secs(60), Duration::from_secs(1)).unwrap();
+        let ledger = Ledger::open_path(dir.path(), Duration::from_secs(60)).unwrap();
         assert_eq!(
             ledger.reserve(id, 2, 2_000).unwrap(),
             Reservation::AlreadySent
@@ -526,10 +625,73 @@ mod tests {
     }
 
     #[test]
+    fn remote_sent_entry_replaces_reservation() {
+        let (_dir, ledger) = ledger();
+        let id = Uuid::new_v4();
+        ledger.reserve(id, 1, 1_000).unwrap();
+        let remote = Entry {
+            state: EntryState::Sent,
+            updated_at_ms: 900,
+            expires_at_ms: 90_000,
+            reply: Some("250".into()),
+        };
+        assert!(ledger.apply_remote(id, &remote, 1_000).unwrap());
+        assert_eq!(
+            ledger.reserve(id, 2, 1_100).unwrap(),
+            Reservation::AlreadySent
+        );
+    }
+
+    #[test]
+    fn newer_local_entry_wins_over_remote() {
+        let (_dir, ledger) = ledger();
+        let id = Uuid::new_v4();
+        ledger.reserve(id, 1, 1_000).unwrap();
+        ledger.mark_sent(id, 1, "250 local", 2_000).unwrap();
+        let older = Entry {
+            state: EntryState::UnknownOutcome,
+            updated_at_ms: 1_500,
+            expires_at_ms: 90_000,
+            reply: None,
+        };
+        assert!(!ledger.apply_remote(id, &older, 2_500).unwrap());
+        assert_eq!(ledger.get(id).unwrap().unwrap().state, EntryState::Sent);
+    }
+
+    #[test]
+    fn expired_or_reserved_remote_entries_are_ignored() {
+        let (_dir, ledger) = ledger();
+        let id = Uuid::new_v4();
+        let expired = Entry {
+            state: EntryState::Sent,
+            updated_at_ms: 0,
+            expires_at_ms: 10,
+            reply: None,
+        };
+        assert!(!ledger.apply_remote(id, &expired, 20).unwrap());
+        let reserved = Entry {
+            state: EntryState::Reserved { owner: 3 },
+            ..expired
+        };
+        assert!(!ledger.apply_remote(id, &reserved, 0).unwrap());
+        assert!(ledger.get(id).unwrap().is_none());
+    }
+
+    #[test]
+    fn checkpoints_are_kept_per_partition() {
+        let (_dir, ledger) = ledger();
+        assert_eq!(ledger.changelog_checkpoint(0).unwrap(), None);
+        ledger.set_changelog_checkpoint(0, 42).unwrap();
+        ledger.set_changelog_checkpoint(1, 7).unwrap();
+        assert_eq!(ledger.changelog_checkpoint(0).unwrap(), Some(42));
+        assert_eq!(ledger.changelog_checkpoint(1).unwrap(), Some(7));
+        assert_eq!(ledger.len(), 0, "checkpoints are not ledger entries");
+    }
+
+    #[test]
     fn second_open_of_same_directory_fails_clearly() {
         let (dir, _ledger) = ledger();
-        let error = Ledger::open_path(dir.path(), Duration::from_secs(1), Duration::from_secs(1))
-            .unwrap_err();
+        let error = Ledger::open_path(dir.path(), Duration::from_secs(1)).unwrap_err();
         assert!(
             error.to_string().contains("failed to open the ledger"),
             "{error}"

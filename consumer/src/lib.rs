@@ -5,7 +5,10 @@
 //!
 //! - [`worker`]: the consumer-group member; lanes, held retry records, offset storing.
 //! - [`pipeline`]: one record from decode to a durable outcome.
+//! - [`producer`]: the worker's producer, replaced when it stops working.
 //! - [`ledger`]: the sled dedupe ledger with compare-and-swap transitions.
+//! - [`changelog`]: the ledger's outcomes in a Kafka topic, and the restore from it.
+//! - [`breaker`]: the circuit breaker of the SMTP endpoint.
 //! - [`offsets`]: contiguous per-partition watermarks.
 //! - [`retry`]: the retry policy and its decision value.
 //! - [`record`]: delivery metadata in record headers.
@@ -15,6 +18,8 @@
 //! - [`events`] and [`stats`]: telemetry events and counters.
 //! - [`config`]: worker settings and their validation.
 
+pub mod breaker;
+pub mod changelog;
 pub mod config;
 pub mod dlq;
 pub mod email;
@@ -22,6 +27,7 @@ pub mod events;
 pub mod ledger;
 pub mod offsets;
 pub mod pipeline;
+pub mod producer;
 pub mod record;
 pub mod retry;
 pub mod stats;

@@ -15,6 +15,8 @@ struct PartitionState {
     done: BTreeSet<i64>,
     last_started: Option<i64>,
     watermark: Option<i64>,
+    /// Lowest abandoned offset; the watermark stays below it.
+    abandoned: Option<i64>,
 }
 
 /// Tracks started and finished offsets and computes the contiguous watermark.
@@ -53,10 +55,13 @@ impl OffsetTracker {
         }
         state.done.insert(offset);
 
-        let limit = match state.in_flight.first() {
+        let mut limit = match state.in_flight.first() {
             Some(&oldest_running) => oldest_running - 1,
             None => i64::MAX,
         };
+        if let Some(abandoned) = state.abandoned {
+            limit = limit.min(abandoned - 1);
+        }
         let candidate = state.done.range(..=limit).next_back().copied()?;
         state.done = state.done.split_off(&(candidate + 1));
         if state.watermark.is_some_and(|current| candidate <= current) {
@@ -64,6 +69,16 @@ impl OffsetTracker {
         }
         state.watermark = Some(candidate);
         Some(candidate)
+    }
+
+    /// Drops a started record that will not be processed here, such as a held retry record
+    /// of a revoked partition. The watermark never passes it, so it is read again later.
+    pub fn abandon(&mut self, topic: &str, partition: i32, offset: i64) {
+        if let Some(state) = self.partitions.get_mut(&(topic.to_owned(), partition)) {
+            if state.in_flight.remove(&offset) {
+                state.abandoned = Some(state.abandoned.map_or(offset, |first| first.min(offset)));
+            }
+        }
     }
 
     /// Forgets a partition, for example after it was revoked.
@@ -141,6 +156,19 @@ mod tests {
         tracker.start("t", 1, 0);
         assert_eq!(tracker.finish("t", 1, 0), Some(0));
         assert_eq!(tracker.in_flight_on("t", 0), 1);
+    }
+
+    #[test]
+    fn abandoned_record_caps_watermark() {
+        let mut tracker = OffsetTracker::new();
+        for offset in 0..4 {
+            tracker.start("t", 0, offset);
+        }
+        assert_eq!(tracker.finish("t", 0, 0), Some(0));
+        tracker.abandon("t", 0, 1);
+        assert_eq!(tracker.finish("t", 0, 2), None);
+        assert_eq!(tracker.finish("t", 0, 3), None);
+        assert_eq!(tracker.in_flight_on("t", 0), 0);
     }
 
     #[test]

@@ -9,17 +9,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
 use tokio::sync::watch;
 use txnotify_schemas::{ErrorClass, Limits, TransactionEvent};
 
+use crate::breaker::Breaker;
+use crate::changelog::Changelog;
 use crate::config::UnknownOutcomePolicy;
 use crate::email::{build_message, Renderer, SendFailureClass, SmtpSender};
 use crate::events::{
     DeadLettered, DuplicateSkipped, NotificationSent, OutcomeUnknown, RecordRef, RetryScheduled,
 };
 use crate::ledger::{Ledger, LedgerError, Reservation};
+use crate::producer::WorkerProducer;
 use crate::record::{forward_headers, DeliveryState, Forward, Origin};
 use crate::retry::{Decision, RetryPolicy};
 use crate::stats::Stats;
@@ -55,9 +58,13 @@ pub struct Pipeline {
     /// SMTP sender.
     pub sender: SmtpSender,
     /// Producer for retry and dead-letter records.
-    pub producer: FutureProducer,
+    pub producer: Arc<WorkerProducer>,
     /// Delivery timeout for retry and dead-letter records.
     pub produce_timeout: Duration,
+    /// Appender of ledger outcomes to the changelog topic.
+    pub changelog: Changelog,
+    /// Circuit breaker of the SMTP endpoint.
+    pub breaker: Arc<Breaker>,
     /// Counters.
     pub stats: Arc<Stats>,
     /// Becomes true when the worker shuts down.
@@ -142,25 +149,48 @@ impl Pipeline {
         };
 
         match self.ledger.reserve(event.event_id, self.owner, now_ms())? {
-            Reservation::Acquired { took_over } => {
-                if took_over {
-                    tracing::warn!(
-                        event_id = %event.event_id,
-                        topic = record.topic,
-                        partition = record.partition,
-                        offset = record.offset,
-                        attempt,
-                        "Took over a stale ledger reservation; an earlier worker may have sent this event."
-                    );
-                }
+            Reservation::Acquired => {
+                // The reservation must be on disk before the send: a worker killed after
+                // the send then leaves evidence that the outcome is unknown.
+                self.ledger.sync().await?;
             }
             Reservation::AlreadySent => {
                 DuplicateSkipped { record }.emit(&self.stats);
                 return Ok(Outcome::Duplicate);
             }
-            Reservation::HeldByOther => {
-                let reason = "event is reserved by another worker";
-                return self.after_transient(message, &state, &record, reason).await;
+            Reservation::Interrupted => {
+                let reason = "a worker stopped while sending this event, so it may have been sent";
+                self.append_changelog(&state, &event).await?;
+                OutcomeUnknown {
+                    record,
+                    error: reason,
+                    resend: self.unknown_outcome == UnknownOutcomePolicy::Resend,
+                }
+                .emit(&self.stats);
+                match self.unknown_outcome {
+                    UnknownOutcomePolicy::DeadLetter => {
+                        return self
+                            .dead_letter(
+                                message,
+                                &state,
+                                Some(&record),
+                                ErrorClass::UnknownOutcome,
+                                reason,
+                            )
+                            .await;
+                    }
+                    UnknownOutcomePolicy::Resend => {
+                        if !self.ledger.reserve_after_unknown(
+                            event.event_id,
+                            self.owner,
+                            now_ms(),
+                        )? {
+                            return self.after_transient(message, &state, &record, reason).await;
+                        }
+                        self.ledger.sync().await?;
+                        self.stats.record_resent_after_unknown();
+                    }
+                }
             }
             Reservation::UnknownOutcome => match self.unknown_outcome {
                 UnknownOutcomePolicy::DeadLetter => {
@@ -221,60 +251,132 @@ impl Pipeline {
             }
         };
 
-        match self.sender.send(&email).await {
-            Ok(receipt) => {
-                self.ledger
-                    .mark_sent(event.event_id, self.owner, &receipt.reply, now_ms())?;
-                NotificationSent {
-                    record: *record,
-                    smtp_code: receipt.code,
+        loop {
+            // While the breaker is open the record waits here instead of spending a retry.
+            if self.breaker.state() != crate::breaker::BreakerState::Closed {
+                let mut shutdown = self.shutdown.clone();
+                tokio::select! {
+                    _ = self.breaker.closed() => {}
+                    _ = shutdown.wait_for(|stopping| *stopping) => return Err(PipelineError::ShuttingDown),
                 }
-                .emit(&self.stats);
-                Ok(Outcome::Sent)
             }
-            Err(error) => {
-                let reason = error.to_string();
-                match error.class() {
-                    SendFailureClass::Transient => {
-                        self.ledger.release(event.event_id, self.owner)?;
-                        self.after_transient(message, state, record, &reason).await
+
+            let error = match self.sender.send(&email).await {
+                Ok(receipt) => {
+                    self.breaker.record_success();
+                    let now = now_ms();
+                    self.ledger
+                        .mark_sent(event.event_id, self.owner, &receipt.reply, now)?;
+                    self.append_changelog(state, event).await?;
+                    NotificationSent {
+                        record: *record,
+                        smtp_code: receipt.code,
                     }
-                    SendFailureClass::Permanent => {
-                        self.ledger.release(event.event_id, self.owner)?;
+                    .emit(&self.stats);
+                    return Ok(Outcome::Sent);
+                }
+                Err(error) => error,
+            };
+
+            let reason = error.to_string();
+            if error.is_endpoint_failure() {
+                if self.breaker.record_failure() {
+                    tracing::warn!(
+                        event_id = %event.event_id,
+                        topic = record.topic,
+                        partition = record.partition,
+                        offset = record.offset,
+                        attempt = record.attempt,
+                        error = %reason,
+                        "SMTP endpoint failing; holding the record until the circuit breaker closes."
+                    );
+                    continue;
+                }
+            } else {
+                self.breaker.record_success();
+            }
+
+            return match error.class() {
+                SendFailureClass::Transient => {
+                    self.ledger.release(event.event_id, self.owner)?;
+                    self.after_transient(message, state, record, &reason).await
+                }
+                SendFailureClass::Permanent => {
+                    self.ledger.release(event.event_id, self.owner)?;
+                    self.dead_letter(message, state, Some(record), ErrorClass::Permanent, &reason)
+                        .await
+                }
+                SendFailureClass::UnknownOutcome => {
+                    self.ledger
+                        .mark_unknown(event.event_id, self.owner, now_ms())?;
+                    self.append_changelog(state, event).await?;
+                    let resend = self.unknown_outcome == UnknownOutcomePolicy::Resend;
+                    OutcomeUnknown {
+                        record: *record,
+                        error: &reason,
+                        resend,
+                    }
+                    .emit(&self.stats);
+                    if resend {
+                        self.after_transient(message, state, record, &reason).await
+                    } else {
                         self.dead_letter(
                             message,
                             state,
                             Some(record),
-                            ErrorClass::Permanent,
+                            ErrorClass::UnknownOutcome,
                             &reason,
                         )
                         .await
                     }
-                    SendFailureClass::UnknownOutcome => {
-                        self.ledger
-                            .mark_unknown(event.event_id, self.owner, now_ms())?;
-                        let resend = self.unknown_outcome == UnknownOutcomePolicy::Resend;
-                        OutcomeUnknown {
-                            record: *record,
-                            error: &reason,
-                            resend,
-                        }
-                        .emit(&self.stats);
-                        if resend {
-                            self.after_transient(message, state, record, &reason).await
-                        } else {
-                            self.dead_letter(
-                                message,
-                                state,
-                                Some(record),
-                                ErrorClass::UnknownOutcome,
-                                &reason,
-                            )
-                            .await
-                        }
-                    }
+                }
+            };
+        }
+    }
+
+    /// Appends the event's ledger entry to the changelog partition of its source record,
+    /// trying again with a capped backoff until it is acknowledged or the worker stops.
+    async fn append_changelog(
+        &self,
+        state: &DeliveryState,
+        event: &TransactionEvent,
+    ) -> Result<(), PipelineError> {
+        let entry = self.ledger.entry(event.event_id)?;
+        let mut backoff = Duration::from_millis(100);
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            match self
+                .changelog
+                .append(
+                    &self.producer.get(),
+                    state.origin.partition,
+                    event.event_id,
+                    &entry,
+                )
+                .await
+            {
+                Ok(()) => {
+                    self.producer.succeeded();
+                    return Ok(());
+                }
+                Err(error) => {
+                    self.producer.failed();
+                    tracing::error!(
+                    event_id = %event.event_id,
+                    partition = state.origin.partition,
+                    error = %error,
+                    "Failed to append to the ledger changelog; trying again."
+                    );
                 }
             }
+            if *shutdown.borrow() {
+                return Err(PipelineError::ShuttingDown);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.changed() => return Err(PipelineError::ShuttingDown),
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 
@@ -303,8 +405,15 @@ impl Pipeline {
                     origin: &state.origin,
                     group: &self.topics.group,
                 };
-                self.produce(message, &self.topics.retry(tier), &forward)
-                    .await?;
+                // Retry tiers are co-partitioned with the source topic, so the member that owns
+                // source partition p, and restored its ledger, also owns tier partition p.
+                self.produce(
+                    message,
+                    &self.topics.retry(tier),
+                    Some(state.origin.partition),
+                    &forward,
+                )
+                .await?;
                 RetryScheduled {
                     record: *record,
                     tier,
@@ -342,7 +451,8 @@ impl Pipeline {
             origin: &state.origin,
             group: &self.topics.group,
         };
-        self.produce(message, &self.topics.dlq(), &forward).await?;
+        self.produce(message, &self.topics.dlq(), None, &forward)
+            .await?;
         let record = record.copied().unwrap_or(RecordRef {
             event_id: None,
             topic: message.topic(),
@@ -366,6 +476,7 @@ impl Pipeline {
         &self,
         message: &OwnedMessage,
         topic: &str,
+        partition: Option<i32>,
         forward: &Forward<'_>,
     ) -> Result<(), PipelineError> {
         let headers = forward_headers(message.headers(), forward);
@@ -377,16 +488,24 @@ impl Pipeline {
             if let Some(key) = message.key() {
                 record = record.key(key);
             }
+            if let Some(partition) = partition {
+                record = record.partition(partition);
+            }
             if let Some(payload) = message.payload() {
                 record = record.payload(payload);
             }
             let result = self
                 .producer
+                .get()
                 .send(record, Timeout::After(self.produce_timeout))
                 .await;
             match result {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    self.producer.succeeded();
+                    return Ok(());
+                }
                 Err((error, _)) => {
+                    self.producer.failed();
                     tracing::error!(
                         topic,
                         origin_topic = message.topic(),

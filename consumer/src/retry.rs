@@ -35,19 +35,21 @@ impl RetryPolicy {
     /// Checks the settings and returns a message naming the field at fault.
     pub fn validate(&self) -> Result<(), String> {
         if self.tiers_ms.is_empty() {
-            return Err("retry.tiers_ms is empty; give at least one delay in milliseconds, for example [10000, 60000, 600000]".into());
+            return Err("notifier.retry.tiers_ms is empty; give at least one delay in milliseconds, for example [10000, 60000, 600000]".into());
         }
         if let Some(position) = self.tiers_ms.iter().position(|&delay| delay == 0) {
             return Err(format!(
-                "retry.tiers_ms[{position}] is 0; every tier needs a delay above 0 ms"
+                "notifier.retry.tiers_ms[{position}] is 0; every tier needs a delay above 0 ms"
             ));
         }
         if self.max_attempts == 0 {
-            return Err("retry.max_attempts is 0; set it to 1 or more (1 means no retries)".into());
+            return Err(
+                "notifier.retry.max_attempts is 0; set it to 1 or more (1 means no retries)".into(),
+            );
         }
         if self.deadline_ms < self.tiers_ms[0] {
             return Err(format!(
-                "retry.deadline_ms ({}) is shorter than the first tier delay ({}); raise the deadline or shorten the tier",
+                "notifier.retry.deadline_ms ({}) is shorter than the first tier delay ({}); raise the deadline or shorten the tier",
                 self.deadline_ms, self.tiers_ms[0]
             ));
         }

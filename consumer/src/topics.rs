@@ -58,10 +58,11 @@ impl TopicNames {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TopicSettings {
-    /// Partitions of the source topic; the ledger changelog gets the same count.
+    /// Partitions of the source topic. Every retry tier and the ledger changelog get the
+    /// same count, because both are written to the partition number of the source record.
     pub partitions: i32,
-    /// Partitions of each retry tier and of the dead-letter topic.
-    pub retry_partitions: i32,
+    /// Partitions of the dead-letter topic.
+    pub dlq_partitions: i32,
     /// Replication factor of every topic; -1 takes the broker default.
     pub replication_factor: i32,
     /// Retention of the source topic, in milliseconds.
@@ -74,7 +75,7 @@ impl Default for TopicSettings {
     fn default() -> Self {
         Self {
             partitions: 6,
-            retry_partitions: 6,
+            dlq_partitions: 6,
             replication_factor: -1,
             source_retention_ms: 7 * 24 * 60 * 60 * 1000,
             dlq_retention_ms: 30 * 24 * 60 * 60 * 1000,
@@ -91,10 +92,10 @@ impl TopicSettings {
                 self.partitions
             ));
         }
-        if self.retry_partitions < 1 {
+        if self.dlq_partitions < 1 {
             return Err(format!(
-                "topics.retry_partitions is {}; set it to 1 or more",
-                self.retry_partitions
+                "topics.dlq_partitions is {}; set it to 1 or more",
+                self.dlq_partitions
             ));
         }
         if self.replication_factor == 0 || self.replication_factor < -1 {
@@ -139,13 +140,13 @@ pub fn plan(names: &TopicNames, settings: &TopicSettings) -> Vec<TopicSpec> {
     for retry in names.retries() {
         topics.push(spec(
             retry,
-            settings.retry_partitions,
+            settings.partitions,
             vec![("cleanup.policy", "delete".into())],
         ));
     }
     topics.push(spec(
         names.dlq(),
-        settings.retry_partitions,
+        settings.dlq_partitions,
         vec![
             ("cleanup.policy", "delete".into()),
             ("retention.ms", settings.dlq_retention_ms.to_string()),

@@ -3,16 +3,24 @@
 //! The worker reads the source topic and every retry tier with one consumer. It hands
 //! each record to a lane chosen by the record key, so records with the same key run in
 //! order while different keys run concurrently. A committer task flushes the ledger once
-//! per batch of finished records, and only then does the main loop store each
-//! partition's contiguous watermark for the background commit.
+//! per batch of finished records, and only then stores each partition's contiguous
+//! watermark for the background commit.
 //!
-//! A retry-tier record that is not due yet pauses its partition. The worker holds the
-//! record in memory and a timer releases it at its not-before time, so no task sleeps.
+//! Partitions are paused in four cases, and each case resumes only its own:
+//!
+//! - a newly assigned partition, until its ledger is restored from the changelog;
+//! - a retry tier partition whose next record is not due yet (the record is held in
+//!   memory and a timer releases it, so no task sleeps);
+//! - every partition while the SMTP circuit breaker is open;
+//! - a revoked partition, which is drained and committed before it is released.
+//!
+//! A watchdog restarts the consumer when partitions with waiting records make no
+//! progress for `stall_timeout_ms`.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rdkafka::consumer::{
@@ -20,19 +28,22 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use txnotify_schemas::headers;
 
+use crate::breaker::{Breaker, BreakerState};
+use crate::changelog::{self, Changelog};
 use crate::config::{KafkaConfig, NotifierConfig};
 use crate::email::{Renderer, SmtpSender};
 use crate::ledger::Ledger;
 use crate::offsets::{OffsetTracker, TopicPartition};
 use crate::pipeline::{now_ms, Pipeline, PipelineError};
+use crate::producer::WorkerProducer;
 use crate::record::header_bytes;
 use crate::stats::Stats;
+use crate::topics::TopicNames;
 
 /// Failure that stops the worker.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +57,12 @@ pub enum WorkerError {
     /// A record failed with an infrastructure error.
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    /// Assigned partitions with waiting records made no progress for too long.
+    #[error("consumer stalled: no progress for {seconds} s while records were waiting")]
+    Stalled {
+        /// Seconds without progress.
+        seconds: u64,
+    },
 }
 
 /// Partition changes reported by the rebalance callbacks.
@@ -55,8 +72,33 @@ enum RebalanceEvent {
     Revoked(Vec<TopicPartition>),
 }
 
+/// State shared by the main loop, the committer and the rebalance callbacks.
+struct Shared {
+    tracker: Mutex<OffsetTracker>,
+    held: Mutex<HashMap<TopicPartition, VecDeque<OwnedMessage>>>,
+    drain_timeout: Duration,
+    /// Time of the last finished record or consumed message, in epoch milliseconds.
+    last_progress_ms: std::sync::atomic::AtomicI64,
+}
+
+impl Shared {
+    fn tracker(&self) -> MutexGuard<'_, OffsetTracker> {
+        self.tracker.lock().expect("offset tracker lock")
+    }
+
+    fn held(&self) -> MutexGuard<'_, HashMap<TopicPartition, VecDeque<OwnedMessage>>> {
+        self.held.lock().expect("held records lock")
+    }
+
+    fn progressed(&self) {
+        self.last_progress_ms
+            .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 struct WorkerContext {
-    events: Mutex<Option<mpsc::UnboundedSender<RebalanceEvent>>>,
+    shared: Arc<Shared>,
+    events: mpsc::UnboundedSender<RebalanceEvent>,
 }
 
 impl ClientContext for WorkerContext {}
@@ -64,17 +106,21 @@ impl ClientContext for WorkerContext {}
 impl ConsumerContext for WorkerContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(partitions) = rebalance {
-            // Commit what is already durable before the partitions move to another member.
-            if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
-                tracing::debug!(error = %error, "No offsets committed before revoke.");
-            }
-            self.send(RebalanceEvent::Revoked(list(partitions)));
+            let revoked = list(partitions);
+            self.drain(consumer, &revoked);
+            let _ = self.events.send(RebalanceEvent::Revoked(revoked));
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Assign(partitions) => self.send(RebalanceEvent::Assigned(list(partitions))),
+            Rebalance::Assign(partitions) => {
+                // Nothing may be processed before the ledger of its partition is restored.
+                if let Err(error) = consumer.pause(partitions) {
+                    tracing::error!(error = %error, "Failed to pause newly assigned partitions.");
+                }
+                let _ = self.events.send(RebalanceEvent::Assigned(list(partitions)));
+            }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(error) => tracing::error!(error = %error, "Rebalance failed."),
         }
@@ -88,9 +134,61 @@ impl ConsumerContext for WorkerContext {
 }
 
 impl WorkerContext {
-    fn send(&self, event: RebalanceEvent) {
-        if let Some(sender) = self.events.lock().expect("rebalance sender lock").as_ref() {
-            let _ = sender.send(event);
+    /// Drains revoked partitions: drops held records, waits for in-flight records to
+    /// become durable within the drain deadline, commits synchronously, then forgets them.
+    fn drain(&self, consumer: &BaseConsumer<Self>, revoked: &[TopicPartition]) {
+        {
+            let mut held = self.shared.held();
+            let mut tracker = self.shared.tracker();
+            for key in revoked {
+                if let Some(queue) = held.remove(key) {
+                    for message in queue {
+                        tracker.abandon(&key.0, key.1, message.offset());
+                    }
+                }
+            }
+        }
+
+        let deadline =
+            now_ms() + i64::try_from(self.shared.drain_timeout.as_millis()).unwrap_or(i64::MAX);
+        let wait = || loop {
+            let in_flight: usize = {
+                let tracker = self.shared.tracker();
+                revoked
+                    .iter()
+                    .map(|(topic, partition)| tracker.in_flight_on(topic, *partition))
+                    .sum()
+            };
+            if in_flight == 0 {
+                return 0;
+            }
+            if now_ms() >= deadline {
+                return in_flight;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        // The callback runs inside the main loop's poll; the lanes and the committer keep
+        // running on the other runtime threads while this one waits.
+        let unfinished = match tokio::runtime::Handle::try_current() {
+            Ok(_) => tokio::task::block_in_place(wait),
+            Err(_) => wait(),
+        };
+        if unfinished > 0 {
+            tracing::warn!(
+                unfinished,
+                "Drain deadline passed during revoke; unfinished records will be redelivered to the next owner."
+            );
+        }
+
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => {
+                tracing::info!(partitions = ?revoked, "Committed drained partitions before revoke.")
+            }
+            Err(error) => tracing::debug!(error = %error, "No offsets to commit before revoke."),
+        }
+        let mut tracker = self.shared.tracker();
+        for (topic, partition) in revoked {
+            tracker.forget(topic, *partition);
         }
     }
 }
@@ -103,9 +201,13 @@ fn list(partitions: &TopicPartitionList) -> Vec<TopicPartition> {
         .collect()
 }
 
-fn single(topic: &str, partition: i32) -> TopicPartitionList {
+fn partition_list<'a>(
+    partitions: impl IntoIterator<Item = &'a TopicPartition>,
+) -> TopicPartitionList {
     let mut list = TopicPartitionList::new();
-    list.add_partition(topic, partition);
+    for (topic, partition) in partitions {
+        list.add_partition(topic, *partition);
+    }
     list
 }
 
@@ -120,6 +222,14 @@ struct Finished {
     topic: String,
     partition: i32,
     offset: i64,
+}
+
+/// Messages to the main loop from its helper tasks.
+enum Signal {
+    /// A held retry partition may have a due record.
+    Release(TopicPartition),
+    /// The ledger of source partition `p` is restored.
+    Restored(i32),
 }
 
 /// A notifier worker, built from validated settings.
@@ -156,18 +266,26 @@ impl Notifier {
 
     /// Runs until `shutdown` completes, then drains in-flight records, commits and returns.
     ///
-    /// 1. Create the consumer, the producer, the lanes and the committer.
-    /// 2. Dispatch each record to its lane, holding retry records until they are due.
-    /// 3. Store each partition's watermark once the ledger flush covers its records.
-    /// 4. On shutdown, stop reading, drain within `drain_timeout_ms`, commit synchronously.
+    /// 1. Create the consumer, the producer, the lanes, the committer and the breaker.
+    /// 2. Restore each assigned partition's ledger, then resume it.
+    /// 3. Dispatch each record to its lane, holding retry records until they are due.
+    /// 4. Pause everything while the breaker is open.
+    /// 5. On shutdown, stop reading, drain within `drain_timeout_ms`, commit synchronously.
     pub async fn run(
         self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), WorkerError> {
         let names = self.config.topic_names();
+        let shared = Arc::new(Shared {
+            tracker: Mutex::new(OffsetTracker::new()),
+            held: Mutex::new(HashMap::new()),
+            drain_timeout: Duration::from_millis(self.config.drain_timeout_ms),
+            last_progress_ms: std::sync::atomic::AtomicI64::new(now_ms()),
+        });
         let (rebalance_tx, mut rebalance_rx) = mpsc::unbounded_channel();
         let context = WorkerContext {
-            events: Mutex::new(Some(rebalance_tx)),
+            shared: shared.clone(),
+            events: rebalance_tx,
         };
 
         let mut consumer_config = self.kafka.client_config();
@@ -181,6 +299,10 @@ impl Notifier {
             )
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
+            // The range assignor gives one member the same partition number of every
+            // subscribed topic with equal partition counts, which keeps each retry tier
+            // partition with the source partition whose ledger it needs.
+            .set("partition.assignment.strategy", "range")
             .set(
                 "session.timeout.ms",
                 self.config.session_timeout_ms.to_string(),
@@ -192,8 +314,8 @@ impl Notifier {
         for (key, value) in &self.kafka.properties {
             consumer_config.set(key, value);
         }
-        let consumer: StreamConsumer<WorkerContext> =
-            consumer_config.create_with_context(context)?;
+        let consumer: Arc<StreamConsumer<WorkerContext>> =
+            Arc::new(consumer_config.create_with_context(context)?);
         let topics = names.subscriptions();
         let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topic_refs)?;
@@ -210,8 +332,12 @@ impl Notifier {
         for (key, value) in &self.kafka.properties {
             producer_config.set(key, value);
         }
-        let producer: FutureProducer = producer_config.create()?;
+        let producer = Arc::new(WorkerProducer::new(producer_config)?);
 
+        let breaker = Arc::new(Breaker::new(
+            self.sender.endpoint(),
+            self.config.breaker.clone(),
+        ));
         let (stop_tx, stop_rx) = watch::channel(false);
         let pipeline = Arc::new(Pipeline {
             topics: names.clone(),
@@ -224,19 +350,44 @@ impl Notifier {
             owner: rand_owner(),
             renderer: self.renderer,
             sender: self.sender,
-            producer: producer.clone(),
+            producer,
             produce_timeout: Duration::from_millis(self.config.produce_timeout_ms),
+            changelog: Changelog::new(
+                names.ledger(),
+                Duration::from_millis(self.config.produce_timeout_ms),
+            ),
+            breaker: breaker.clone(),
             stats: self.stats.clone(),
             shutdown: stop_rx,
         });
+        let supervisor = {
+            let breaker = breaker.clone();
+            let pipeline = pipeline.clone();
+            tokio::spawn(async move {
+                breaker
+                    .supervise(|| {
+                        let pipeline = pipeline.clone();
+                        async move {
+                            match pipeline.sender.probe().await {
+                                Ok(()) => true,
+                                Err(error) => {
+                                    tracing::warn!(error = %error, "Circuit breaker probe failed.");
+                                    false
+                                }
+                            }
+                        }
+                    })
+                    .await;
+            })
+        };
+        let mut breaker_state = breaker.subscribe();
 
         let (finished_tx, finished_rx) = mpsc::unbounded_channel::<Finished>();
-        let (durable_tx, mut durable_rx) = mpsc::unbounded_channel::<Vec<Finished>>();
         let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<PipelineError>();
         let mut lanes = Vec::with_capacity(self.config.max_in_flight);
         let mut lane_tasks = JoinSet::new();
         for _ in 0..self.config.max_in_flight {
-            let (lane_tx, lane_rx) = mpsc::channel::<Job>(64);
+            let (lane_tx, lane_rx) = mpsc::unbounded_channel::<Job>();
             lanes.push(lane_tx);
             lane_tasks.spawn(run_lane(
                 pipeline.clone(),
@@ -246,12 +397,25 @@ impl Notifier {
             ));
         }
         drop(finished_tx);
-        let committer = tokio::spawn(run_committer(self.ledger.clone(), finished_rx, durable_tx));
+        let committer = tokio::spawn(run_committer(
+            self.ledger.clone(),
+            finished_rx,
+            shared.clone(),
+            consumer.clone(),
+        ));
+        let purger = tokio::spawn(run_purger(self.ledger.clone()));
 
-        let mut tracker = OffsetTracker::new();
-        let mut held: HashMap<TopicPartition, VecDeque<OwnedMessage>> = HashMap::new();
-        let (release_tx, mut release_rx) = mpsc::unbounded_channel::<TopicPartition>();
-        let mut fatal: Option<PipelineError> = None;
+        let (signal_tx, mut signal_rx) = mpsc::unbounded_channel::<Signal>();
+        let mut assigned: HashSet<TopicPartition> = HashSet::new();
+        let mut restoring: HashSet<i32> = HashSet::new();
+        let mut fatal: Option<WorkerError> = None;
+        let mut watchdog = tokio::time::interval(Duration::from_millis(
+            (self.config.stall_timeout_ms / 4).max(100),
+        ));
+        let mut stall_warned = false;
+        let buffer_limit = self.config.max_in_flight * BUFFER_PER_LANE;
+        let mut backpressure = false;
+        let mut backpressure_tick = tokio::time::interval(Duration::from_millis(50));
         tokio::pin!(shutdown);
 
         tracing::info!(group = %self.config.group_id, topics = ?topics, "Notifier started.");
@@ -264,35 +428,106 @@ impl Notifier {
                 }
                 Some(error) = fatal_rx.recv() => {
                     tracing::error!(error = %error, "Record processing failed; stopping the worker.");
-                    fatal = Some(error);
+                    fatal = Some(error.into());
                     break;
-                }
-                Some(batch) = durable_rx.recv() => {
-                    store_watermarks(&consumer, &mut tracker, batch);
                 }
                 Some(event) = rebalance_rx.recv() => match event {
                     RebalanceEvent::Assigned(partitions) => {
                         tracing::info!(partitions = ?partitions, "Partitions assigned.");
-                        for (topic, partition) in partitions {
-                            tracker.forget(&topic, partition);
+                        shared.progressed();
+                        let mut fresh = HashSet::new();
+                        for key in partitions {
+                            shared.tracker().forget(&key.0, key.1);
+                            if key.0 == names.source {
+                                fresh.insert(key.1);
+                            }
+                            assigned.insert(key);
                         }
+                        for partition in fresh {
+                            if restoring.insert(partition) {
+                                spawn_restore(&self.kafka, &names, partition, &self.ledger, self.config.restore_timeout_ms, &signal_tx);
+                            }
+                        }
+                        // Partitions without a source partition of the same number need no restore.
+                        let ready: Vec<TopicPartition> = assigned
+                            .iter()
+                            .filter(|key| !restoring.contains(&key.1) || !assigned.contains(&(names.source.clone(), key.1)))
+                            .cloned()
+                            .collect();
+                        resume(&consumer, &shared, &breaker, &ready);
                     }
                     RebalanceEvent::Revoked(partitions) => {
                         tracing::info!(partitions = ?partitions, "Partitions revoked.");
-                        for (topic, partition) in partitions {
-                            tracker.forget(&topic, partition);
-                            held.remove(&(topic, partition));
+                        for key in &partitions {
+                            assigned.remove(key);
                         }
                     }
                 },
-                Some(key) = release_rx.recv() => {
-                    release_due(&consumer, &mut held, &key, &lanes, &release_tx).await;
+                Some(signal) = signal_rx.recv() => match signal {
+                    Signal::Release(key) => {
+                        release_due(&consumer, &shared, &breaker, &key, &lanes, &signal_tx).await;
+                    }
+                    Signal::Restored(partition) => {
+                        restoring.remove(&partition);
+                        let ready: Vec<TopicPartition> = assigned.iter().filter(|key| key.1 == partition).cloned().collect();
+                        resume(&consumer, &shared, &breaker, &ready);
+                    }
+                },
+                changed = breaker_state.changed() => {
+                    if changed.is_ok() {
+                        let state = *breaker_state.borrow_and_update();
+                        let all: Vec<TopicPartition> = assigned.iter().cloned().collect();
+                        match state {
+                            BreakerState::Open => {
+                                if let Err(error) = consumer.pause(&partition_list(&all)) {
+                                    tracing::warn!(error = %error, "Failed to pause partitions for the open circuit breaker.");
+                                }
+                            }
+                            BreakerState::Closed => {
+                                let ready: Vec<TopicPartition> = all.into_iter().filter(|key| !restoring.contains(&key.1)).collect();
+                                resume(&consumer, &shared, &breaker, &ready);
+                            }
+                            BreakerState::HalfOpen => {}
+                        }
+                    }
+                }
+                _ = backpressure_tick.tick() => {
+                    let buffered = shared.tracker().in_flight();
+                    // Pausing again is harmless, and it catches partitions another path resumed.
+                    if buffered >= buffer_limit {
+                        backpressure = true;
+                        let all: Vec<TopicPartition> = assigned.iter().cloned().collect();
+                        if let Err(error) = consumer.pause(&partition_list(&all)) {
+                            tracing::warn!(error = %error, "Failed to pause partitions for backpressure.");
+                        }
+                    } else if backpressure && buffered <= buffer_limit / 2 {
+                        backpressure = false;
+                        let ready: Vec<TopicPartition> = assigned.iter().filter(|key| !restoring.contains(&key.1)).cloned().collect();
+                        resume(&consumer, &shared, &breaker, &ready);
+                    }
+                }
+                _ = watchdog.tick() => {
+                    let stalled = check_stall(
+                        &consumer,
+                        &shared,
+                        &assigned,
+                        &restoring,
+                        &breaker,
+                        self.config.stall_timeout_ms,
+                        &mut stall_warned,
+                    )
+                    .await;
+                    if let Some(error) = stalled {
+                        fatal = Some(error);
+                        break;
+                    }
                 }
                 received = consumer.recv() => match received {
                     Ok(borrowed) => {
                         let message = borrowed.detach();
                         self.stats.record_consumed();
-                        if !tracker.start(message.topic(), message.partition(), message.offset()) {
+                        shared.progressed();
+                        if !shared.tracker().start(message.topic(), message.partition(), message.offset()) {
                             tracing::debug!(
                                 topic = message.topic(),
                                 partition = message.partition(),
@@ -302,17 +537,24 @@ impl Notifier {
                             continue;
                         }
                         let key = (message.topic().to_owned(), message.partition());
-                        if let Some(queue) = held.get_mut(&key) {
-                            queue.push_back(message);
-                            continue;
-                        }
-                        if names.tier_of(message.topic()).is_some() {
-                            if let Some(wait) = not_due(&message) {
-                                hold(&consumer, &mut held, key, message, wait, &release_tx);
+                        {
+                            let mut held = shared.held();
+                            if let Some(queue) = held.get_mut(&key) {
+                                queue.push_back(message);
                                 continue;
                             }
+                            if names.tier_of(message.topic()).is_some() {
+                                if let Some(wait) = not_due(&message) {
+                                    if let Err(error) = consumer.pause(&partition_list([&key])) {
+                                        tracing::warn!(topic = %key.0, partition = key.1, error = %error, "Failed to pause a retry partition.");
+                                    }
+                                    held.entry(key.clone()).or_default().push_back(message);
+                                    schedule_release(key, wait, &signal_tx);
+                                    continue;
+                                }
+                            }
                         }
-                        dispatch(&lanes, message).await;
+                        dispatch(&lanes, message);
                     }
                     Err(error) => {
                         tracing::warn!(error = %error, "Kafka consumer reported an error.");
@@ -322,7 +564,15 @@ impl Notifier {
         }
 
         // Drain: stop the lanes from taking more work and let the in-flight records finish.
-        held.clear();
+        {
+            let mut held = shared.held();
+            let mut tracker = shared.tracker();
+            for (key, queue) in held.drain() {
+                for message in queue {
+                    tracker.abandon(&key.0, key.1, message.offset());
+                }
+            }
+        }
         drop(lanes);
         let drain = Duration::from_millis(self.config.drain_timeout_ms);
         let drained = tokio::time::timeout(drain, async {
@@ -331,28 +581,35 @@ impl Notifier {
         .await;
         if drained.is_err() {
             tracing::warn!(
-                in_flight = tracker.in_flight(),
+                in_flight = shared.tracker().in_flight(),
                 "Drain deadline passed; unfinished records will be redelivered."
             );
             let _ = stop_tx.send(true);
             lane_tasks.abort_all();
             while lane_tasks.join_next().await.is_some() {}
         }
+        supervisor.abort();
+        purger.abort();
         drop(pipeline);
         let _ = committer.await;
-        while let Ok(batch) = durable_rx.try_recv() {
-            store_watermarks(&consumer, &mut tracker, batch);
-        }
         if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::warn!(error = %error, "Final offset commit failed.");
         }
+        // Records the lanes did not finish are redelivered; the revoke that closing the
+        // consumer triggers must not wait for them again.
+        *shared.tracker() = OffsetTracker::new();
         tracing::info!("Notifier stopped.");
         match fatal {
-            Some(error) => Err(error.into()),
+            Some(error) => Err(error),
             None => Ok(()),
         }
     }
 }
+
+/// Records the worker holds in memory per lane before it pauses every partition. The main
+/// loop never blocks on a full lane, because a loop that stops polling for longer than
+/// `max.poll.interval.ms` is removed from the group.
+const BUFFER_PER_LANE: usize = 8;
 
 fn rand_owner() -> u64 {
     let mut hasher = DefaultHasher::new();
@@ -370,9 +627,9 @@ fn lane_of(message: &OwnedMessage, lanes: usize) -> usize {
     usize::try_from(hasher.finish() % lanes as u64).unwrap_or(0)
 }
 
-async fn dispatch(lanes: &[mpsc::Sender<Job>], message: OwnedMessage) {
+fn dispatch(lanes: &[mpsc::UnboundedSender<Job>], message: OwnedMessage) {
     let lane = lane_of(&message, lanes.len());
-    if lanes[lane].send(Job { message }).await.is_err() {
+    if lanes[lane].send(Job { message }).is_err() {
         tracing::error!(lane, "A lane stopped; the record will be redelivered.");
     }
 }
@@ -386,86 +643,211 @@ fn not_due(message: &OwnedMessage) -> Option<Duration> {
     (wait_ms > 0).then(|| Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0)))
 }
 
-fn hold(
-    consumer: &StreamConsumer<WorkerContext>,
-    held: &mut HashMap<TopicPartition, VecDeque<OwnedMessage>>,
+fn schedule_release(
     key: TopicPartition,
-    message: OwnedMessage,
     wait: Duration,
-    release_tx: &mpsc::UnboundedSender<TopicPartition>,
+    signal_tx: &mpsc::UnboundedSender<Signal>,
 ) {
-    if let Err(error) = consumer.pause(&single(&key.0, key.1)) {
-        tracing::warn!(topic = %key.0, partition = key.1, error = %error, "Failed to pause a retry partition.");
-    }
-    held.entry(key.clone()).or_default().push_back(message);
-    let release_tx = release_tx.clone();
+    let signal_tx = signal_tx.clone();
     tokio::spawn(async move {
         tokio::time::sleep(wait).await;
-        let _ = release_tx.send(key);
+        let _ = signal_tx.send(Signal::Release(key));
     });
+}
+
+/// Resumes `partitions` except those holding a record that is not due yet and, while the
+/// breaker is open, all of them.
+fn resume(
+    consumer: &StreamConsumer<WorkerContext>,
+    shared: &Shared,
+    breaker: &Breaker,
+    partitions: &[TopicPartition],
+) {
+    if breaker.state() != BreakerState::Closed {
+        return;
+    }
+    let held = shared.held();
+    let ready: Vec<&TopicPartition> = partitions
+        .iter()
+        .filter(|key| !held.contains_key(*key))
+        .collect();
+    if ready.is_empty() {
+        return;
+    }
+    if let Err(error) = consumer.resume(&partition_list(ready)) {
+        tracing::warn!(error = %error, "Failed to resume partitions.");
+    }
 }
 
 /// Dispatches the held records of a partition that are due, and resumes the partition
 /// when none is left waiting.
 async fn release_due(
     consumer: &StreamConsumer<WorkerContext>,
-    held: &mut HashMap<TopicPartition, VecDeque<OwnedMessage>>,
+    shared: &Shared,
+    breaker: &Breaker,
     key: &TopicPartition,
-    lanes: &[mpsc::Sender<Job>],
-    release_tx: &mpsc::UnboundedSender<TopicPartition>,
+    lanes: &[mpsc::UnboundedSender<Job>],
+    signal_tx: &mpsc::UnboundedSender<Signal>,
 ) {
-    let Some(mut queue) = held.remove(key) else {
+    let Some(mut queue) = shared.held().remove(key) else {
         return;
     };
     while let Some(message) = queue.pop_front() {
         if let Some(wait) = not_due(&message) {
             queue.push_front(message);
-            held.insert(key.clone(), queue);
-            let release_tx = release_tx.clone();
-            let key = key.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(wait).await;
-                let _ = release_tx.send(key);
-            });
+            shared.held().insert(key.clone(), queue);
+            schedule_release(key.clone(), wait, signal_tx);
             return;
         }
-        dispatch(lanes, message).await;
+        dispatch(lanes, message);
     }
-    if let Err(error) = consumer.resume(&single(&key.0, key.1)) {
-        tracing::warn!(topic = %key.0, partition = key.1, error = %error, "Failed to resume a retry partition.");
-    }
+    resume(consumer, shared, breaker, std::slice::from_ref(key));
 }
 
-fn store_watermarks(
-    consumer: &StreamConsumer<WorkerContext>,
-    tracker: &mut OffsetTracker,
-    batch: Vec<Finished>,
+fn spawn_restore(
+    kafka: &KafkaConfig,
+    names: &TopicNames,
+    partition: i32,
+    ledger: &Ledger,
+    timeout_ms: u64,
+    signal_tx: &mpsc::UnboundedSender<Signal>,
 ) {
-    let mut advanced: HashMap<TopicPartition, i64> = HashMap::new();
-    for finished in batch {
-        if let Some(watermark) =
-            tracker.finish(&finished.topic, finished.partition, finished.offset)
-        {
-            advanced.insert((finished.topic, finished.partition), watermark);
+    let kafka = kafka.clone();
+    let topic = names.ledger();
+    let ledger = ledger.clone();
+    let signal_tx = signal_tx.clone();
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            let started = tokio::time::Instant::now();
+            let result = {
+                let (kafka, topic, ledger) = (kafka.clone(), topic.clone(), ledger.clone());
+                tokio::task::spawn_blocking(move || {
+                    changelog::restore(
+                        &kafka,
+                        &topic,
+                        partition,
+                        &ledger,
+                        Duration::from_millis(timeout_ms),
+                    )
+                })
+                .await
+            };
+            match result {
+                Ok(Ok(restored)) => {
+                    tracing::info!(
+                        topic = %topic,
+                        partition,
+                        from = restored.from,
+                        to = restored.to,
+                        applied = restored.applied,
+                        seconds = started.elapsed().as_secs_f64(),
+                        "Ledger restored from the changelog."
+                    );
+                    let _ = signal_tx.send(Signal::Restored(partition));
+                    return;
+                }
+                Ok(Err(error)) => {
+                    tracing::error!(topic = %topic, partition, error = %error, "Ledger restore failed; the partition stays paused and the restore is tried again.");
+                }
+                Err(error) => {
+                    tracing::error!(topic = %topic, partition, error = %error, "Ledger restore task failed; trying again.");
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(10));
         }
+    });
+}
+
+/// Returns an error when assigned, resumed partitions have had records waiting without
+/// progress for `stall_timeout_ms`; warns loudly at half that time.
+async fn check_stall(
+    consumer: &Arc<StreamConsumer<WorkerContext>>,
+    shared: &Shared,
+    assigned: &HashSet<TopicPartition>,
+    restoring: &HashSet<i32>,
+    breaker: &Breaker,
+    stall_timeout_ms: u64,
+    warned: &mut bool,
+) -> Option<WorkerError> {
+    let idle_ms = now_ms()
+        - shared
+            .last_progress_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+    let limit = i64::try_from(stall_timeout_ms).unwrap_or(i64::MAX);
+    if idle_ms < limit / 2 || breaker.state() != BreakerState::Closed || !restoring.is_empty() {
+        *warned = false;
+        return None;
     }
-    for ((topic, partition), watermark) in advanced {
-        // librdkafka commits the stored offset plus one: the next record to read.
-        if let Err(error) = consumer.store_offset(&topic, partition, watermark) {
-            tracing::warn!(
-                topic = %topic,
-                partition,
-                offset = watermark,
-                error = %error,
-                "Ignored an offset store for a partition that is no longer assigned."
-            );
-        }
+    let in_flight = shared.tracker().in_flight();
+    let candidates: Vec<TopicPartition> = {
+        let held = shared.held();
+        assigned
+            .iter()
+            .filter(|key| !held.contains_key(*key))
+            .cloned()
+            .collect()
+    };
+    let lag = {
+        let consumer = consumer.clone();
+        tokio::task::spawn_blocking(move || waiting_records(&consumer, &candidates))
+            .await
+            .unwrap_or(0)
+    };
+    if lag == 0 && in_flight == 0 {
+        *warned = false;
+        return None;
     }
+    let seconds = u64::try_from(idle_ms / 1000).unwrap_or(0);
+    if idle_ms >= limit {
+        tracing::error!(
+            seconds,
+            lag,
+            in_flight,
+            "Consumer stalled: no progress while records are waiting; restarting the consumer."
+        );
+        return Some(WorkerError::Stalled { seconds });
+    }
+    if !*warned {
+        tracing::error!(
+            seconds,
+            lag,
+            in_flight,
+            "No progress while records are waiting; the consumer restarts if this continues."
+        );
+        *warned = true;
+    }
+    None
+}
+
+/// Returns how many records wait beyond the consumer's position on `partitions`.
+fn waiting_records(consumer: &StreamConsumer<WorkerContext>, partitions: &[TopicPartition]) -> i64 {
+    let Ok(positions) = consumer.position() else {
+        return 0;
+    };
+    let mut waiting = 0;
+    for (topic, partition) in partitions {
+        let Ok((_, high)) = consumer.fetch_watermarks(topic, *partition, Duration::from_secs(5))
+        else {
+            continue;
+        };
+        let position = positions
+            .find_partition(topic, *partition)
+            .and_then(|element| element.offset().to_raw())
+            .filter(|offset| *offset >= 0);
+        let committed_or_start = match position {
+            Some(offset) => offset,
+            None => continue,
+        };
+        waiting += (high - committed_or_start).max(0);
+    }
+    waiting
 }
 
 async fn run_lane(
     pipeline: Arc<Pipeline>,
-    mut jobs: mpsc::Receiver<Job>,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
     finished: mpsc::UnboundedSender<Finished>,
     fatal: mpsc::UnboundedSender<PipelineError>,
 ) {
@@ -487,23 +869,64 @@ async fn run_lane(
     }
 }
 
-/// Flushes the ledger once for every batch of finished records, then passes the batch on.
+/// Flushes the ledger once for every batch of finished records, then advances and stores
+/// each partition's watermark.
 async fn run_committer(
     ledger: Ledger,
     mut finished: mpsc::UnboundedReceiver<Finished>,
-    durable: mpsc::UnboundedSender<Vec<Finished>>,
+    shared: Arc<Shared>,
+    consumer: Arc<StreamConsumer<WorkerContext>>,
 ) {
     while let Some(first) = finished.recv().await {
         let mut batch = vec![first];
         while let Ok(next) = finished.try_recv() {
             batch.push(next);
         }
-        if let Err(error) = ledger.flush().await {
+        if let Err(error) = ledger.sync().await {
             tracing::error!(error = %error, "Ledger flush failed; offsets stay unstored.");
             continue;
         }
-        if durable.send(batch).is_err() {
-            return;
+        shared.progressed();
+
+        let mut advanced: HashMap<TopicPartition, i64> = HashMap::new();
+        {
+            let mut tracker = shared.tracker();
+            for done in batch {
+                if let Some(watermark) = tracker.finish(&done.topic, done.partition, done.offset) {
+                    advanced.insert((done.topic, done.partition), watermark);
+                }
+            }
+        }
+        for ((topic, partition), watermark) in advanced {
+            // librdkafka commits the stored offset plus one: the next record to read.
+            if let Err(error) = consumer.store_offset(&topic, partition, watermark) {
+                tracing::warn!(
+                    topic = %topic,
+                    partition,
+                    offset = watermark,
+                    error = %error,
+                    "Ignored an offset store for a partition that is no longer assigned."
+                );
+            }
+        }
+    }
+}
+
+/// Deletes expired ledger entries every ten minutes, so the store stays bounded.
+async fn run_purger(ledger: Ledger) {
+    let mut interval = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        interval.tick().await;
+        let ledger = ledger.clone();
+        match tokio::task::spawn_blocking(move || ledger.purge_expired(now_ms())).await {
+            Ok(Ok(removed)) if removed > 0 => {
+                tracing::info!(removed, "Expired ledger entries purged.")
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(error = %error, "Ledger purge failed; it runs again later.")
+            }
+            Err(error) => tracing::warn!(error = %error, "Ledger purge task failed."),
         }
     }
 }

@@ -19,6 +19,7 @@
 mod broker;
 mod process;
 mod smtp;
+mod stack;
 mod txnotify;
 
 // Each test file uses only some of these, so unused ones are not reported.
@@ -27,6 +28,10 @@ pub use {
     broker::Broker,
     process::ManagedProcess,
     smtp::{support_script, ReceivedMessage, SmtpOptions, SmtpServer, SmtpTls},
+    stack::{
+        accepted_for, amount_text, committed, end_offsets, event, produce_raw, read_topic,
+        try_end_offsets, Read, Stack, MAX_ATTEMPTS, PARTITIONS,
+    },
     txnotify::{run_txnotify, txnotify_bin, TxnotifyOutput, TxnotifyProcess},
 };
 

@@ -193,6 +193,30 @@ impl SmtpSender {
         }
     }
 
+    /// Opens a session (connect, greeting, EHLO, STARTTLS and AUTH as configured) and keeps
+    /// it in the pool, so a circuit breaker can test the server without sending a message.
+    pub async fn probe(&self) -> Result<(), SendError> {
+        let _permit = self
+            .connection_permits
+            .acquire()
+            .await
+            .expect("connection semaphore is never closed");
+        let connection = self.open_connection().await?;
+        let mut idle = self.lock_idle();
+        if idle.len() < self.config.max_connections {
+            idle.push(IdleConnection {
+                connection,
+                idle_since: Instant::now(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Returns the server as `host:port`, the identity of its circuit breaker.
+    pub fn endpoint(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
     /// Closes every idle connection with QUIT, each bounded by
     /// `command_timeout_ms`. Call on shutdown; later sends open new
     /// connections.

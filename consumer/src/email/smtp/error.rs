@@ -213,6 +213,22 @@ impl SendError {
         }
     }
 
+    /// Returns true when the failure concerns the server rather than this message: it was
+    /// unreachable, timed out or failed before the message content, or it refused the
+    /// session (including 421 at any command). A 4xx or 5xx reply to RCPT or DATA is about
+    /// one recipient or message, so it does not count. The circuit breaker counts only these.
+    pub fn is_endpoint_failure(&self) -> bool {
+        match self {
+            SendError::Rejected { code: 421, .. } => true,
+            SendError::Rejected { phase, .. } => phase.is_session_setup(),
+            SendError::Timeout { phase, .. }
+            | SendError::Connection { phase, .. }
+            | SendError::Tls { phase, .. } => *phase != Phase::Content,
+            SendError::Unsupported { .. } => true,
+            SendError::InvalidRecipient => false,
+        }
+    }
+
     /// Returns the SMTP reply code, if the server rejected a command.
     pub fn reply_code(&self) -> Option<u16> {
         match self {
