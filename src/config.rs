@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use txnotify_consumer::config::{KafkaConfig, NotifierConfig};
 use txnotify_consumer::email::{RenderConfig, SmtpConfig};
 use txnotify_consumer::topics::TopicSettings;
+use txnotify_producer::outbox::OutboxConfig;
 use txnotify_producer::PublisherConfig;
 
 /// Producer settings that are not shared with the notifier.
@@ -51,6 +52,8 @@ pub struct AppConfig {
     pub smtp: SmtpConfig,
     /// Email templates.
     pub render: RenderConfig,
+    /// Postgres outbox relay.
+    pub outbox: OutboxConfig,
 }
 
 impl AppConfig {

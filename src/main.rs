@@ -5,6 +5,8 @@
 //! - `publish`: validate JSON Lines events and publish them ([`publish`]).
 //! - `topics ensure`: create the group's topics and report drift ([`topics`]).
 //! - `notify`: run a notifier worker ([`notify`]).
+//! - `outbox-relay`: relay a Postgres outbox table to Kafka, create it, prune it
+//!   ([`outbox`]).
 //! - `demo`: the whole pipeline in one process on an embedded broker ([`demo`]).
 
 mod config;
@@ -12,6 +14,7 @@ mod demo;
 mod logging;
 mod mail_sink;
 mod notify;
+mod outbox;
 mod publish;
 mod topics;
 
@@ -48,6 +51,8 @@ enum Command {
     },
     /// Run a notifier worker until SIGTERM or SIGINT.
     Notify(notify::NotifyArgs),
+    /// Relay rows of a Postgres outbox table to Kafka; `migrate` and `prune` manage the table.
+    OutboxRelay(outbox::OutboxArgs),
     /// Run the whole pipeline in one process, with no infrastructure, and print a report.
     Demo(demo::DemoArgs),
 }
@@ -86,6 +91,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Publish(args) => publish::run(config, args).await,
         Command::Topics { command } => topics::run(config, command).await,
         Command::Notify(args) => notify::run(config, args).await,
+        Command::OutboxRelay(args) => outbox::run(config, args).await,
         Command::Demo(_) => unreachable!("handled above"),
     }
 }
