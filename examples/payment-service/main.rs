@@ -9,7 +9,7 @@
 //! - `outbox`: the transaction row and the outbox row are inserted in one Postgres
 //!   transaction, and `txnotify outbox-relay` publishes the outbox row later.
 //!
-//! Neither path talks to Kafka, an SMTP server or a notifier before it answers, so the
+//! Neither path talks to Kafka, an SMTP server or a notifier before it responds, so the
 //! status and latency stay the same while those are down. The only failures a client
 //! sees are its own invalid input (422) and a full spool or an unreachable database
 //! (503); in both cases the transaction is not completed.
@@ -40,7 +40,7 @@ struct Args {
     /// Address to listen on; port 0 picks a free port, printed on stdout.
     #[arg(long, env = "PAYMENT_SERVICE_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// How events are published.
+    /// Publishing mode.
     #[arg(long, env = "PAYMENT_SERVICE_MODE", value_enum)]
     mode: Mode,
     /// Kafka bootstrap servers, host:port[,host:port] (spool mode).
@@ -74,7 +74,7 @@ struct Args {
     database_connections: usize,
 }
 
-/// How the service publishes events.
+/// Publishing mode of the service.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Mode {
     /// Durable local spool, forwarded to Kafka in the background.
@@ -102,11 +102,11 @@ struct TransactionResponse {
     transaction_id: String,
     event_id: Uuid,
     status: &'static str,
-    /// Where the event waits for Kafka: `spool` or `outbox`.
+    /// Place where the event waits for Kafka: `spool` or `outbox`.
     notification: &'static str,
 }
 
-/// Where events are published.
+/// Destination of published events.
 enum Sink {
     Spool {
         spool: Spool,

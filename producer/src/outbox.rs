@@ -9,7 +9,7 @@
 //!   deleted by the relay; [`prune`] is the separate retention step.
 //! - Several relays may run against one table. Each batch runs in a transaction that
 //!   first takes the transaction-level advisory lock [`OutboxConfig::lock_key`], so one
-//!   relay works at a time and the others wait; the rows are also locked with
+//!   relay works at a time and the others wait. The rows are also locked with
 //!   `FOR UPDATE SKIP LOCKED`. A row is therefore marked published by one relay only.
 //! - A row whose payload is not a valid event is quarantined with its reason, and the
 //!   relay goes on with the next row.

@@ -24,7 +24,7 @@ use crate::publisher::{Pending, PublishError};
 /// Wait for new entries when the spool is empty, before looking again anyway.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
-/// Runs until shutdown asks it to stop and the spool is empty or the deadline passed.
+/// Runs until shutdown requests a stop and the spool is empty or the deadline has passed.
 pub(super) async fn run(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<Option<Instant>>,

@@ -14,8 +14,8 @@
 //!   records with the same key keep their order, and removes an entry only after Kafka
 //!   acknowledged it. What is left on disk is sent after a restart.
 //!
-//! Delivery to Kafka is at least once. An entry that Kafka acknowledged but whose removal
-//! was not yet on disk when the process died is sent again after the restart; notifiers
+//! Delivery to Kafka is at least once. An entry whose removal was not yet on disk when the
+//! process died is sent again after the restart, even if Kafka had acknowledged it. Notifiers
 //! drop the duplicate by `event_id`.
 //!
 //! Layout: [`config`] holds the settings, `entry` the on-disk format, and `forwarder` the
@@ -69,7 +69,7 @@ pub enum SpoolError {
     /// The payload failed to decode or is too large; nothing was spooled.
     #[error("rejected payload, nothing was spooled: {0}")]
     Rejected(#[from] DecodeError),
-    /// The spool holds `max_bytes` already; nothing was spooled.
+    /// The spool already contains `max_bytes` of entries, so nothing was spooled.
     #[error(
         "spool full: {used_bytes} of {max_bytes} bytes in use, nothing was spooled; \
          Kafka is likely unreachable, retry later or raise spool.max_bytes"
@@ -81,7 +81,7 @@ pub enum SpoolError {
         max_bytes: u64,
     },
     /// The group commit did not finish within the enqueue timeout. The entry is written
-    /// but may not be on disk, so it may or may not be forwarded; a retry with the same
+    /// but may not be on disk, so it may or may not be forwarded. A retry with the same
     /// `event_id` is safe.
     #[error("spool commit did not finish within {timeout_ms} ms; the event may or may not be delivered, retry with the same event_id")]
     CommitTimeout {
@@ -122,7 +122,7 @@ pub struct SpoolStats {
     pub quarantined: u64,
 }
 
-/// What shutdown left behind.
+/// Result of a shutdown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShutdownReport {
     /// Entries still in the spool, to be forwarded after the next start.
@@ -160,7 +160,7 @@ struct Shared {
     added: Notify,
     counters: Counters,
     full_log: Mutex<FullLog>,
-    /// Shutdown deadline; `Some` tells the forwarder to drain and stop.
+    /// Shutdown deadline. `Some` makes the forwarder drain and stop.
     stop: watch::Sender<Option<Instant>>,
     forwarder: Mutex<Option<JoinHandle<()>>>,
     publisher: Publisher,
@@ -318,9 +318,9 @@ impl Spool {
                 tracing::error!(error = %error, "Spool forwarder task failed.");
             }
         }
-        // Records still in librdkafka's queue are also on disk; give them until the
-        // deadline, then drop them so the publisher's own flush on drop does not wait the
-        // whole delivery timeout. The next start sends them again.
+        // Records still in librdkafka's queue are also on disk. They get until the
+        // deadline and are then dropped, so that the publisher's flush on drop does not
+        // wait the whole delivery timeout. The next start sends them again.
         let publisher = shared.publisher.clone();
         let remaining = deadline.saturating_duration_since(Instant::now());
         let flushed = tokio::task::spawn_blocking(move || publisher.flush(remaining))
