@@ -74,7 +74,7 @@ fn start_service(args: &[&str]) -> (TxnotifyProcess, String) {
 fn spool_mode_ignores_notification_outage() {
     require_system_tests!();
     let mut broker = Broker::start();
-    let mut smtp = SmtpServer::start(json!({}));
+    let mut smtp = SmtpServer::start(json!([]));
     let dir = tempfile::tempdir().unwrap();
     let group = unique_name("notify");
     let topic = unique_name("transactions");
