@@ -261,6 +261,8 @@ impl OutboxRelay {
                     partitions.push(delivery.partition);
                     offsets.push(delivery.offset);
                 }
+                // NOTE: later rows of this batch that were acknowledged are still marked,
+                // so this row is published after them and breaks its key's order.
                 Err(error) => {
                     tracing::warn!(outbox_id = id, error = %error, "Kafka did not acknowledge an outbox row; it stays unpublished and is tried again.");
                     stats.failed += 1;

@@ -13,6 +13,9 @@ pub struct SpoolConfig {
     pub path: PathBuf,
     /// Maximum total size of the spooled entries, in bytes. A publish that would pass it
     /// fails with `SpoolFull`.
+    ///
+    /// NOTE: this bounds the entries' encoded size. sled's files on disk are larger, by a
+    /// factor that depends on its log compaction, so leave headroom on the volume.
     pub max_bytes: u64,
     /// Maximum time the forwarder lets librdkafka try to deliver one record, in
     /// milliseconds. It should outlast the broker outages the spool has to bridge.

@@ -63,6 +63,14 @@ pub enum SpoolError {
         /// The sled error.
         source: sled::Error,
     },
+    /// The disk flush of the group commit failed; the entry may not survive a crash.
+    #[error("spool commit to {path} failed: {message}")]
+    CommitFailed {
+        /// Spool directory.
+        path: PathBuf,
+        /// The sled error, as text because one error goes to every caller of the batch.
+        message: String,
+    },
     /// The event failed validation; nothing was spooled.
     #[error("invalid event, nothing was spooled: {0}")]
     Invalid(#[from] ValidationErrors),
@@ -130,6 +138,9 @@ pub struct ShutdownReport {
 }
 
 /// Durable local spool in front of a [`Publisher`]. Clones share one spool.
+///
+/// Call [`Spool::shutdown`] before exit: the forwarder task runs until then, and keeps
+/// the spool open even when every handle is dropped.
 #[derive(Clone)]
 pub struct Spool {
     shared: Arc<Shared>,
@@ -391,9 +402,9 @@ impl Spool {
                     sequence,
                 })
             }
-            Ok(Ok(Err(message))) => Err(SpoolError::Storage {
+            Ok(Ok(Err(message))) => Err(SpoolError::CommitFailed {
                 path: shared.path.clone(),
-                source: sled::Error::Unsupported(message),
+                message,
             }),
             Ok(Err(_)) => Err(SpoolError::Closed),
             Err(_) => Err(SpoolError::CommitTimeout {
