@@ -1,4 +1,4 @@
-//! System tests of the example payment service: `POST /transactions` answers with the
+//! System tests of the example payment service: `POST /transactions` responds with the
 //! same status and latency class whether the broker, the SMTP server and the notifier
 //! are up or down.
 
