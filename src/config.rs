@@ -14,6 +14,7 @@ use txnotify_consumer::config::{KafkaConfig, NotifierConfig};
 use txnotify_consumer::dlq::DlqConfig;
 use txnotify_consumer::email::{RenderConfig, SmtpConfig};
 use txnotify_consumer::topics::TopicSettings;
+use txnotify_producer::outbox::OutboxConfig;
 use txnotify_producer::PublisherConfig;
 
 /// Producer settings that are not shared with the notifier.
@@ -54,6 +55,8 @@ pub struct AppConfig {
     pub render: RenderConfig,
     /// Dead-letter commands.
     pub dlq: DlqConfig,
+    /// Postgres outbox relay.
+    pub outbox: OutboxConfig,
 }
 
 impl AppConfig {

@@ -6,6 +6,8 @@
 //! - `topics ensure`: create the group's topics and report drift ([`topics`]).
 //! - `notify`: run a notifier worker ([`notify`]).
 //! - `dlq`: list, show, summarise and replay dead letters ([`dlq`]).
+//! - `outbox-relay`: relay a Postgres outbox table to Kafka, create it, prune it
+//!   ([`outbox`]).
 //! - `demo`: the whole pipeline in one process on an embedded broker ([`demo`]).
 
 mod config;
@@ -14,6 +16,7 @@ mod dlq;
 mod logging;
 mod mail_sink;
 mod notify;
+mod outbox;
 mod publish;
 mod topics;
 
@@ -52,6 +55,8 @@ enum Command {
     Notify(notify::NotifyArgs),
     /// List, show, summarise and replay dead letters.
     Dlq(Box<dlq::DlqArgs>),
+    /// Relay rows of a Postgres outbox table to Kafka; `migrate` and `prune` manage the table.
+    OutboxRelay(outbox::OutboxArgs),
     /// Run the whole pipeline in one process, with no infrastructure, and print a report.
     Demo(demo::DemoArgs),
 }
@@ -91,6 +96,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Topics { command } => topics::run(config, command).await,
         Command::Notify(args) => notify::run(config, args).await,
         Command::Dlq(args) => dlq::run(config, *args).await,
+        Command::OutboxRelay(args) => outbox::run(config, args).await,
         Command::Demo(_) => unreachable!("handled above"),
     }
 }

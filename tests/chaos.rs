@@ -14,7 +14,7 @@ use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use common::{
-    committed, end_offsets, event, read_topic, require_system_tests, try_end_offsets, wait_until,
+    committed, end_offsets, event, read_all, require_system_tests, try_end_offsets, wait_until,
     Stack, TxnotifyProcess,
 };
 use serde_json::{json, Value};
@@ -87,7 +87,7 @@ fn summarize(stack: &Stack, events: &[Value]) -> Summary {
             *accepted.entry(id).or_default() += 1;
         }
     }
-    let dead = read_topic(&stack.broker.bootstrap(), &stack.dlq());
+    let dead = read_all(&stack.broker.bootstrap(), &stack.dlq());
     let mut dead_ids = BTreeSet::new();
     let mut unknown_ids = BTreeSet::new();
     for record in &dead {

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{
-    accepted_for, amount_text, committed, end_offsets, event, produce_raw, read_topic,
+    accepted_for, amount_text, committed, end_offsets, event, produce_raw, read_all,
     require_system_tests, run_txnotify, wait_until, ReceivedMessage, Stack, MAX_ATTEMPTS,
 };
 use serde_json::{json, Value};
@@ -160,7 +160,7 @@ fn invalid_records_are_dead_lettered_and_partition_moves_on() {
         Duration::from_millis(200),
         || { end_offsets(&bootstrap, &stack.dlq()).iter().sum::<i64>() >= 3 }
     ));
-    let dead = read_topic(&bootstrap, &stack.dlq());
+    let dead = read_all(&bootstrap, &stack.dlq());
     assert_eq!(dead.len(), 3);
     let mut messages = Vec::new();
     for (record, original) in dead.iter().zip(&records) {
@@ -222,7 +222,7 @@ fn smtp_faults_are_retried_or_dead_lettered() {
         Duration::from_millis(200),
         || { end_offsets(&bootstrap, &stack.dlq()).iter().sum::<i64>() >= 2 }
     ));
-    let dead = read_topic(&bootstrap, &stack.dlq());
+    let dead = read_all(&bootstrap, &stack.dlq());
     let class_of = |event: &Value| -> (String, String) {
         let id = event["event_id"].as_str().unwrap();
         let record = dead
@@ -247,7 +247,7 @@ fn smtp_faults_are_retried_or_dead_lettered() {
     let flaky_id = flaky["event_id"].as_str().unwrap();
     let retries: usize = (1..=2)
         .map(|tier| {
-            read_topic(&bootstrap, &format!("{}.retry.{tier}", stack.group))
+            read_all(&bootstrap, &format!("{}.retry.{tier}", stack.group))
                 .iter()
                 .filter(|record| {
                     record.headers.get("event-id").map(String::as_str) == Some(flaky_id)
@@ -301,7 +301,7 @@ fn stall_after_data_times_out_and_worker_continues() {
         Duration::from_millis(200),
         || { end_offsets(&bootstrap, &stack.dlq()).iter().sum::<i64>() >= 1 }
     ));
-    let dead = read_topic(&bootstrap, &stack.dlq());
+    let dead = read_all(&bootstrap, &stack.dlq());
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].headers["txnotify-error-class"], "unknown-outcome");
     assert_eq!(

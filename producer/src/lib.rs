@@ -10,8 +10,15 @@
 //!
 //! - [`publisher`]: the publisher, its settings and errors.
 //! - [`trace`]: W3C trace context written to the record headers.
+//! - [`spool`]: the durable local spool, whose `publish` returns once the event is on
+//!   local disk, and its forwarder to Kafka.
+//! - [`outbox`]: the relay from a Postgres outbox table to Kafka, and the table's
+//!   migration.
 
+pub mod outbox;
 pub mod publisher;
+pub mod spool;
 pub mod trace;
 
 pub use publisher::{Delivery, PublishError, Publisher, PublisherConfig};
+pub use spool::{Spool, SpoolConfig, SpoolError};

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
 use rdkafka::util::Timeout;
 use serde::{Deserialize, Serialize};
 use txnotify_schemas::{headers, DecodeError, Limits, TransactionEvent, ValidationErrors};
@@ -237,6 +237,14 @@ impl Publisher {
     /// Waits until every queued record is acknowledged or `timeout` passes.
     pub fn flush(&self, timeout: Duration) -> Result<(), PublishError> {
         self.producer.flush(timeout).map_err(PublishError::Kafka)
+    }
+
+    /// Drops every record that is queued or in flight without waiting for it; each one
+    /// fails with a purge error. Use it when a caller keeps its own copy of the records
+    /// and will send them again, so that dropping the publisher does not wait for them.
+    pub fn purge(&self) {
+        self.producer
+            .purge(PurgeConfig::default().queue().inflight());
     }
 
     fn enqueue_bytes(

@@ -9,6 +9,8 @@
 //! - [`SmtpServer`]: `tests/support/smtp_server.py`, which records received
 //!   mail and injects faults per recipient.
 //! - [`TxnotifyProcess`] and [`run_txnotify`]: the `txnotify` binary.
+//! - [`TestDatabase`]: a Postgres database with a random name, dropped afterwards.
+//! - [`post_json`]: a minimal HTTP client for the example payment service.
 //!
 //! Every process is killed when its handle is dropped, also when a test
 //! panics, and in that case the end of its log is printed to stderr.
@@ -17,6 +19,9 @@
 #![allow(dead_code)]
 
 mod broker;
+mod http;
+mod kafka;
+mod postgres;
 mod process;
 mod smtp;
 mod stack;
@@ -26,13 +31,16 @@ mod txnotify;
 #[allow(unused_imports)]
 pub use {
     broker::Broker,
+    http::{post_json, HttpResponse},
+    kafka::{create_topic, read_topic, TopicRecord},
+    postgres::{postgres_server, TestDatabase},
     process::ManagedProcess,
     smtp::{support_script, ReceivedMessage, SmtpOptions, SmtpServer, SmtpTls},
     stack::{
-        accepted_for, amount_text, committed, end_offsets, event, produce_raw, read_topic,
+        accepted_for, amount_text, committed, end_offsets, event, produce_raw, read_all,
         try_end_offsets, Read, Stack, MAX_ATTEMPTS, PARTITIONS,
     },
-    txnotify::{run_txnotify, txnotify_bin, TxnotifyOutput, TxnotifyProcess},
+    txnotify::{payment_service_bin, run_txnotify, txnotify_bin, TxnotifyOutput, TxnotifyProcess},
 };
 
 use std::collections::hash_map::RandomState;

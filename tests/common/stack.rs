@@ -173,7 +173,7 @@ pub struct Read {
 }
 
 /// Reads every record of `topic` that exists now, without committing anything.
-pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<Read> {
+pub fn read_all(bootstrap: &str, topic: &str) -> Vec<Read> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", unique_name("reader"))

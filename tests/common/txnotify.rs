@@ -1,7 +1,7 @@
 //! The `txnotify` binary under test.
 
 use std::env;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
@@ -16,6 +16,11 @@ const STOP_GRACE: Duration = Duration::from_secs(30);
 /// Returns the path of the `txnotify` binary that cargo built for these tests.
 pub fn txnotify_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_txnotify"))
+}
+
+/// Returns the path of the example `payment-service` binary that cargo built.
+pub fn payment_service_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_payment-service"))
 }
 
 /// Exit status and output of a finished `txnotify` command.
@@ -42,6 +47,12 @@ impl TxnotifyProcess {
     /// txnotify reads its configuration from such variables and the harness
     /// sets some for itself. Only the ones in `envs` reach the binary.
     pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> TxnotifyProcess {
+        TxnotifyProcess::spawn_program(&txnotify_bin(), args, envs)
+    }
+
+    /// Spawns another binary of this package, such as [`payment_service_bin`], the same
+    /// way as [`TxnotifyProcess::spawn`].
+    pub fn spawn_program(program: &Path, args: &[&str], envs: &[(&str, &str)]) -> TxnotifyProcess {
         let temp = tempfile::Builder::new()
             .prefix("txnotify-process-")
             .tempdir()
@@ -49,7 +60,7 @@ impl TxnotifyProcess {
                 panic!("failed to create a temporary directory for txnotify: {error}")
             });
 
-        let mut command = Command::new(txnotify_bin());
+        let mut command = Command::new(program);
         command.args(args).current_dir(temp.path());
         for (name, _) in env::vars_os() {
             if name.to_string_lossy().starts_with("TXNOTIFY_") {
@@ -59,7 +70,7 @@ impl TxnotifyProcess {
         command.envs(envs.iter().copied());
 
         let process = ManagedProcess::spawn(
-            &format!("txnotify {}", args.join(" ")),
+            &format!("{} {}", program.display(), args.join(" ")),
             command,
             &temp.path().join("stdout.log"),
             &temp.path().join("stderr.log"),
