@@ -1,15 +1,21 @@
 //! Named telemetry events. Each occurrence is one type that writes one log line and
-//! updates the counters, so logs and counters cannot disagree.
+//! updates the counters and the Prometheus metrics, so logs and metrics cannot disagree.
 //!
 //! Log lines carry ids in fields (`event_id`, `topic`, `partition`, `offset`,
 //! `attempt`) and never an address, a name or a payload.
 
 use std::fmt;
+use std::time::Duration;
 
 use txnotify_schemas::ErrorClass;
 use uuid::Uuid;
 
 use crate::stats::Stats;
+use crate::telemetry::metrics;
+use crate::telemetry::ratelimit::RepeatLimiter;
+
+/// Shortest interval between two log lines of the same repeating error.
+const REPEAT_WINDOW: Duration = Duration::from_secs(10);
 
 /// Identity of the record an event is about.
 #[derive(Debug, Clone, Copy)]
@@ -56,12 +62,16 @@ pub struct NotificationSent<'a> {
     pub record: RecordRef<'a>,
     /// Final SMTP reply code.
     pub smtp_code: u16,
+    /// Time from the event's `occurred_at` to acceptance; `None` when the clock of the
+    /// producer is ahead of this one.
+    pub end_to_end: Option<Duration>,
 }
 
 impl NotificationSent<'_> {
     /// Logs the event and counts it.
     pub fn emit(&self, stats: &Stats) {
         stats.record_sent();
+        metrics::count_sent(self.end_to_end);
         record_event!(
             info,
             self.record,
@@ -81,6 +91,7 @@ impl DuplicateSkipped<'_> {
     /// Logs the event and counts it.
     pub fn emit(&self, stats: &Stats) {
         stats.record_duplicate();
+        metrics::count_duplicate();
         record_event!(
             info,
             self.record,
@@ -105,6 +116,7 @@ impl RetryScheduled<'_> {
     /// Logs the event and counts it.
     pub fn emit(&self, stats: &Stats) {
         stats.record_retry(self.tier);
+        metrics::count_retry(self.tier);
         record_event!(
             warn,
             self.record,
@@ -130,6 +142,7 @@ impl DeadLettered<'_> {
     /// Logs the event and counts it.
     pub fn emit(&self, stats: &Stats) {
         stats.record_dead_letter(self.class);
+        metrics::count_dead_letter(self.class);
         record_event!(
             warn,
             self.record,
@@ -154,6 +167,7 @@ impl OutcomeUnknown<'_> {
     /// Logs the event and counts it.
     pub fn emit(&self, stats: &Stats) {
         stats.record_unknown_outcome();
+        metrics::count_unknown_outcome();
         record_event!(
             warn,
             self.record,
@@ -161,5 +175,78 @@ impl OutcomeUnknown<'_> {
             resend = self.resend,
             "Send outcome unknown after the message content was transmitted."
         );
+    }
+}
+
+/// The worker took a record from the source topic or a retry tier.
+pub struct RecordConsumed<'a> {
+    /// Topic the record was read from.
+    pub topic: &'a str,
+    /// Partition the record was read from.
+    pub partition: i32,
+    /// Offset of the record.
+    pub offset: i64,
+}
+
+impl RecordConsumed<'_> {
+    /// Logs the event at debug level and counts it.
+    pub fn emit(&self, stats: &Stats) {
+        stats.record_consumed();
+        metrics::count_consumed(self.topic);
+        tracing::debug!(
+            topic = self.topic,
+            partition = self.partition,
+            offset = self.offset,
+            "Record consumed."
+        );
+    }
+}
+
+/// Kafka refused a retry or dead-letter record; the worker tries again.
+pub struct ForwardFailed<'a> {
+    /// Record being forwarded.
+    pub record: RecordRef<'a>,
+    /// Retry or dead-letter topic.
+    pub target_topic: &'a str,
+    /// Failure reported by the producer.
+    pub error: &'a str,
+}
+
+static FORWARD_FAILED: RepeatLimiter = RepeatLimiter::new(REPEAT_WINDOW);
+
+impl ForwardFailed<'_> {
+    /// Logs the event, at most once per window for all records together.
+    pub fn emit(&self) {
+        if let Some(suppressed) = FORWARD_FAILED.admit() {
+            record_event!(
+                error,
+                self.record,
+                target_topic = self.target_topic,
+                error = self.error,
+                suppressed,
+                "Failed to publish a retry or dead-letter record; trying again."
+            );
+        }
+    }
+}
+
+/// The Kafka consumer reported an error, for example a broker that is unreachable.
+pub struct ConsumerFailed<'a> {
+    /// Failure reported by librdkafka.
+    pub error: &'a dyn fmt::Display,
+}
+
+static CONSUMER_FAILED: RepeatLimiter = RepeatLimiter::new(REPEAT_WINDOW);
+
+impl ConsumerFailed<'_> {
+    /// Logs the event, at most once per window.
+    pub fn emit(&self) {
+        if let Some(suppressed) = CONSUMER_FAILED.admit() {
+            tracing::warn!(
+                error = %self.error,
+                suppressed,
+                "Kafka consumer reported an error."
+            );
+        }
     }
 }

@@ -12,6 +12,7 @@
 //! - [`email`]: rendering, message building and the SMTP sender.
 //! - [`topics`]: topic names and the settings `topics ensure` applies.
 //! - [`events`] and [`stats`]: telemetry events and counters.
+//! - [`telemetry`]: Prometheus metrics, health, the HTTP endpoint and trace context.
 //! - [`config`]: worker settings and their validation.
 
 pub mod config;
@@ -23,5 +24,6 @@ pub mod pipeline;
 pub mod record;
 pub mod retry;
 pub mod stats;
+pub mod telemetry;
 pub mod topics;
 pub mod worker;

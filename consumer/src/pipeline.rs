@@ -12,17 +12,19 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use tokio::sync::watch;
-use txnotify_schemas::{ErrorClass, Limits, TransactionEvent};
+use txnotify_schemas::{headers, ErrorClass, Limits, TransactionEvent};
 
 use crate::config::UnknownOutcomePolicy;
 use crate::email::{build_message, Renderer, SendFailureClass, SmtpSender};
 use crate::events::{
-    DeadLettered, DuplicateSkipped, NotificationSent, OutcomeUnknown, RecordRef, RetryScheduled,
+    DeadLettered, DuplicateSkipped, ForwardFailed, NotificationSent, OutcomeUnknown, RecordRef,
+    RetryScheduled,
 };
 use crate::ledger::{Ledger, LedgerError, Reservation};
-use crate::record::{forward_headers, DeliveryState, Forward, Origin};
+use crate::record::{forward_headers, header_bytes, DeliveryState, Forward, Origin};
 use crate::retry::{Decision, RetryPolicy};
 use crate::stats::Stats;
+use crate::telemetry::metrics;
 use crate::topics::TopicNames;
 
 /// Failure that stops the worker: the record stays unacknowledged and is redelivered.
@@ -141,7 +143,9 @@ impl Pipeline {
             attempt,
         };
 
-        match self.ledger.reserve(event.event_id, self.owner, now_ms())? {
+        let reservation = tracing::info_span!("ledger.reserve")
+            .in_scope(|| self.ledger.reserve(event.event_id, self.owner, now_ms()))?;
+        match reservation {
             Reservation::Acquired { took_over } => {
                 if took_over {
                     tracing::warn!(
@@ -198,9 +202,9 @@ impl Pipeline {
         record: &RecordRef<'_>,
         event: &TransactionEvent,
     ) -> Result<Outcome, PipelineError> {
-        let built = self
-            .renderer
-            .render(event)
+        let render_span = tracing::info_span!("email.render");
+        let built = render_span
+            .in_scope(|| self.renderer.render(event))
             .map_err(|error| error.to_string())
             .and_then(|rendered| {
                 build_message(
@@ -223,11 +227,14 @@ impl Pipeline {
 
         match self.sender.send(&email).await {
             Ok(receipt) => {
-                self.ledger
-                    .mark_sent(event.event_id, self.owner, &receipt.reply, now_ms())?;
+                tracing::info_span!("ledger.mark_sent").in_scope(|| {
+                    self.ledger
+                        .mark_sent(event.event_id, self.owner, &receipt.reply, now_ms())
+                })?;
                 NotificationSent {
                     record: *record,
                     smtp_code: receipt.code,
+                    end_to_end: metrics::latency_since(event.occurred_at),
                 }
                 .emit(&self.stats);
                 Ok(Outcome::Sent)
@@ -387,14 +394,21 @@ impl Pipeline {
             match result {
                 Ok(_) => return Ok(()),
                 Err((error, _)) => {
-                    tracing::error!(
-                        topic,
-                        origin_topic = message.topic(),
-                        partition = message.partition(),
-                        offset = message.offset(),
-                        error = %error,
-                        "Failed to publish a retry or dead-letter record; trying again."
-                    );
+                    let event_id = header_bytes(message.headers(), headers::EVENT_ID)
+                        .and_then(|bytes| std::str::from_utf8(bytes).ok())
+                        .and_then(|text| text.parse().ok());
+                    ForwardFailed {
+                        record: RecordRef {
+                            event_id,
+                            topic: message.topic(),
+                            partition: message.partition(),
+                            offset: message.offset(),
+                            attempt: forward.attempts_made,
+                        },
+                        target_topic: topic,
+                        error: &error.to_string(),
+                    }
+                    .emit();
                 }
             }
             if *shutdown.borrow() {

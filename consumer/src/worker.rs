@@ -28,11 +28,14 @@ use txnotify_schemas::headers;
 
 use crate::config::{KafkaConfig, NotifierConfig};
 use crate::email::{Renderer, SmtpSender};
+use crate::events::{ConsumerFailed, RecordConsumed};
 use crate::ledger::Ledger;
 use crate::offsets::{OffsetTracker, TopicPartition};
 use crate::pipeline::{now_ms, Pipeline, PipelineError};
 use crate::record::header_bytes;
 use crate::stats::Stats;
+use crate::telemetry::health;
+use crate::telemetry::trace::instrument_record;
 
 /// Failure that stops the worker.
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +62,11 @@ struct WorkerContext {
     events: Mutex<Option<mpsc::UnboundedSender<RebalanceEvent>>>,
 }
 
-impl ClientContext for WorkerContext {}
+impl ClientContext for WorkerContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        crate::telemetry::metrics::observe_consumer_statistics(&statistics);
+    }
+}
 
 impl ConsumerContext for WorkerContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -188,7 +195,9 @@ impl Notifier {
             .set(
                 "max.poll.interval.ms",
                 self.config.max_poll_interval_ms.to_string(),
-            );
+            )
+            // Lag and connection state for /metrics and /readyz come from these reports.
+            .set("statistics.interval.ms", "5000");
         for (key, value) in &self.kafka.properties {
             consumer_config.set(key, value);
         }
@@ -273,12 +282,14 @@ impl Notifier {
                 Some(event) = rebalance_rx.recv() => match event {
                     RebalanceEvent::Assigned(partitions) => {
                         tracing::info!(partitions = ?partitions, "Partitions assigned.");
+                        health::partitions_assigned(&partitions);
                         for (topic, partition) in partitions {
                             tracker.forget(&topic, partition);
                         }
                     }
                     RebalanceEvent::Revoked(partitions) => {
                         tracing::info!(partitions = ?partitions, "Partitions revoked.");
+                        health::partitions_revoked(&partitions);
                         for (topic, partition) in partitions {
                             tracker.forget(&topic, partition);
                             held.remove(&(topic, partition));
@@ -291,7 +302,12 @@ impl Notifier {
                 received = consumer.recv() => match received {
                     Ok(borrowed) => {
                         let message = borrowed.detach();
-                        self.stats.record_consumed();
+                        RecordConsumed {
+                            topic: message.topic(),
+                            partition: message.partition(),
+                            offset: message.offset(),
+                        }
+                        .emit(&self.stats);
                         if !tracker.start(message.topic(), message.partition(), message.offset()) {
                             tracing::debug!(
                                 topic = message.topic(),
@@ -315,7 +331,7 @@ impl Notifier {
                         dispatch(&lanes, message).await;
                     }
                     Err(error) => {
-                        tracing::warn!(error = %error, "Kafka consumer reported an error.");
+                        ConsumerFailed { error: &error }.emit();
                     }
                 },
             }
@@ -470,7 +486,7 @@ async fn run_lane(
     fatal: mpsc::UnboundedSender<PipelineError>,
 ) {
     while let Some(job) = jobs.recv().await {
-        match pipeline.process(&job.message).await {
+        match instrument_record(&job.message, pipeline.process(&job.message)).await {
             Ok(_) => {
                 let _ = finished.send(Finished {
                     topic: job.message.topic().to_owned(),
