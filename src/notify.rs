@@ -2,10 +2,12 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use txnotify_consumer::email::{Renderer, SmtpSender};
 use txnotify_consumer::ledger::Ledger;
 use txnotify_consumer::stats::Stats;
+use txnotify_consumer::telemetry::{health, metrics, server};
 use txnotify_consumer::worker::Notifier;
 
 use crate::config::AppConfig;
@@ -34,10 +36,28 @@ pub async fn run(mut config: AppConfig, args: NotifyArgs) -> anyhow::Result<Exit
         .smtp
         .validate()
         .map_err(|error| anyhow::anyhow!("invalid configuration: {error}"))?;
+    config
+        .telemetry
+        .validate()
+        .map_err(|error| anyhow::anyhow!("invalid configuration: {error}"))?;
+    health::set_stall_timeout(Duration::from_millis(config.telemetry.stall_timeout_ms));
+    let listener = server::bind(&config.telemetry.listen_address).await?;
+    let (stop_telemetry, telemetry_stopped) = tokio::sync::oneshot::channel::<()>();
+    let telemetry_server = tokio::spawn(server::serve(listener, async {
+        let _ = telemetry_stopped.await;
+    }));
+    tracing::info!(
+        listen_address = %config.telemetry.listen_address,
+        "Telemetry endpoint serves /metrics, /healthz and /readyz."
+    );
 
     let renderer = Renderer::new(&config.render)?;
     let sender = SmtpSender::new(config.smtp.clone())?;
     let ledger = Ledger::open(&config.notifier.ledger)?;
+    let ledger_gauge = tokio::spawn(update_ledger_gauge(
+        ledger.clone(),
+        Duration::from_millis(config.telemetry.ledger_gauge_interval_ms),
+    ));
     let stats = Arc::new(Stats::default());
     let notifier = Notifier::new(
         config.notifier.clone(),
@@ -47,7 +67,16 @@ pub async fn run(mut config: AppConfig, args: NotifyArgs) -> anyhow::Result<Exit
         ledger,
         stats.clone(),
     )?;
-    notifier.run(shutdown_signal()).await?;
+    let result = notifier
+        .run(async {
+            shutdown_signal().await;
+            health::set_draining();
+        })
+        .await;
+    ledger_gauge.abort();
+    let _ = stop_telemetry.send(());
+    let _ = telemetry_server.await;
+    result?;
     let snapshot = stats.snapshot();
     tracing::info!(
         sent = snapshot.sent,
@@ -57,6 +86,21 @@ pub async fn run(mut config: AppConfig, args: NotifyArgs) -> anyhow::Result<Exit
         "Notifier exited."
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Sets the ledger entry gauge every `interval`.
+async fn update_ledger_gauge(ledger: Ledger, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        ticker.tick().await;
+        let counter = ledger.clone();
+        match tokio::task::spawn_blocking(move || counter.len()).await {
+            Ok(entries) => metrics::set_ledger_entries(entries),
+            Err(error) => {
+                tracing::warn!(error = %error, "Failed to count ledger entries.");
+            }
+        }
+    }
 }
 
 /// Completes on the first SIGTERM or SIGINT.
