@@ -19,7 +19,8 @@ use opentelemetry_otlp::{Protocol, WithExportConfig as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
-use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing::Level;
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::Layer as _;
@@ -112,13 +113,12 @@ pub fn init(format: LogFormat) -> anyhow::Result<Telemetry> {
     let otel_layer = provider.as_ref().map(|provider| {
         // Spans come from txnotify's own crates only, so library internals and log
         // levels from RUST_LOG never change what a trace contains.
-        let targets = Targets::new()
-            .with_target("txnotify", LevelFilter::INFO)
-            .with_target("txnotify_producer", LevelFilter::INFO)
-            .with_target("txnotify_consumer", LevelFilter::INFO);
+        let own_crates = filter_fn(|metadata| {
+            metadata.level() <= &Level::INFO && metadata.target().starts_with("txnotify")
+        });
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("txnotify"))
-            .with_filter(targets)
+            .with_filter(own_crates)
     });
     if provider.is_some() {
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
