@@ -17,7 +17,7 @@ Checks, each printed as it passes:
    files that the kustomizations list, except the label selectors, which only
    the render adds.
 4. The Grafana dashboard JSON loads, and it and the alert rules use only
-   metric names listed in docs/metrics.md or recorded by the rules; the docs
+   metric names listed in docs/metrics.md or recorded by the rules. The docs
    list exactly the metrics that consumer/src/telemetry/metrics.rs registers.
 5. Every alert has a runbook_url whose anchor is a heading of docs/runbooks.md.
 
@@ -89,7 +89,11 @@ def duration_seconds(text):
     match = re.fullmatch(r"(\d+)(ms|s|m)", str(text))
     require(match is not None, f"unreadable duration {text!r}")
     value, unit = int(match.group(1)), match.group(2)
-    return value / 1000 if unit == "ms" else value * (60 if unit == "m" else 1)
+    if unit == "ms":
+        return value / 1000
+    if unit == "m":
+        return value * 60
+    return value
 
 
 def check_compose():

@@ -55,7 +55,7 @@ enum Command {
     Notify(notify::NotifyArgs),
     /// Run the whole pipeline in one process, with no infrastructure, and print a report.
     Demo(demo::DemoArgs),
-    /// Check a running notifier's /healthz or /readyz; exits 0 when it answers 200.
+    /// Check a running notifier's /healthz or /readyz. Exits 0 on a 200 response, else 1.
     Probe(probe::ProbeArgs),
 }
 

@@ -17,12 +17,12 @@ pub struct ProbeArgs {
     /// Path to request: `/healthz` (alive) or `/readyz` (ready).
     #[arg(long, default_value = "/healthz")]
     pub path: String,
-    /// Longest wait for the answer, in milliseconds.
+    /// Maximum wait for the response, in milliseconds.
     #[arg(long, default_value_t = 2_000)]
     pub timeout_ms: u64,
 }
 
-/// Runs the command: exits 0 when the endpoint answers 200, 1 otherwise.
+/// Runs the command. The exit status is 0 on a 200 response and 1 otherwise.
 pub async fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
     if !args.path.starts_with('/') || args.path.contains(char::is_whitespace) {
         anyhow::bail!(
@@ -31,7 +31,7 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let timeout = Duration::from_millis(args.timeout_ms);
-    let answer = tokio::time::timeout(timeout, request(&args.address, &args.path))
+    let response = tokio::time::timeout(timeout, request(&args.address, &args.path))
         .await
         .with_context(|| {
             format!(
@@ -39,8 +39,8 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
                 args.address, args.path, args.timeout_ms
             )
         })??;
-    let status_line = answer.lines().next().unwrap_or_default();
-    let body = answer
+    let status_line = response.lines().next().unwrap_or_default();
+    let body = response
         .split_once("\r\n\r\n")
         .map(|(_, body)| body)
         .unwrap_or_default();
@@ -49,7 +49,7 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!(
-            "probe: {}{} answered {status_line:?}",
+            "probe: {}{} returned {status_line:?}",
             args.address, args.path
         );
         Ok(ExitCode::FAILURE)
@@ -67,6 +67,6 @@ async fn request(address: &str, path: &str) -> anyhow::Result<String> {
         .take(64 * 1024)
         .read_to_end(&mut answer)
         .await
-        .context("failed to read the probe answer")?;
+        .context("failed to read the probe response")?;
     Ok(String::from_utf8_lossy(&answer).into_owned())
 }

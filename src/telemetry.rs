@@ -30,7 +30,7 @@ use crate::logging::{self, LogFormat};
 /// Service name used when `OTEL_SERVICE_NAME` is not set.
 const DEFAULT_SERVICE_NAME: &str = "txnotify";
 
-/// Where and how to export spans, read from the environment.
+/// Span export settings, read from the environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OtlpSettings {
     /// OTLP/HTTP wire encoding.

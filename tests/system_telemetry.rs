@@ -1,7 +1,9 @@
-//! System tests of the notifier's telemetry: `/metrics` counts against what the SMTP
-//! server and the dead-letter topic saw, `/healthz` and `/readyz`, and one trace id from
-//! `publish` through a retry to the SMTP send, exported to an OTLP/HTTP receiver that the
-//! test runs on 127.0.0.1.
+//! System tests of the notifier's telemetry on the real broker and SMTP server.
+//!
+//! - `/metrics` counts match what the SMTP server and the dead-letter topic saw, and
+//!   `/healthz` and `/readyz` return 200.
+//! - One trace id follows an event from `publish` through a retry to the SMTP send. The
+//!   spans go to an OTLP/HTTP receiver that the test runs on 127.0.0.1.
 
 mod common;
 
@@ -463,7 +465,8 @@ impl OtlpReceiver {
     }
 }
 
-/// Answers OTLP export requests on one keep-alive connection until the client closes it.
+/// Responds to OTLP export requests on one keep-alive connection until the client closes
+/// it.
 fn serve_otlp(stream: TcpStream, spans: &Mutex<Vec<ReceivedSpan>>) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut writer = stream;

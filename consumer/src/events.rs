@@ -215,7 +215,8 @@ pub struct ForwardFailed<'a> {
 static FORWARD_FAILED: RepeatLimiter = RepeatLimiter::new(REPEAT_WINDOW);
 
 impl ForwardFailed<'_> {
-    /// Logs the event, at most once per window for all records together.
+    /// Logs the event unless a line of this kind was logged within the last 10 s, for
+    /// any record.
     pub fn emit(&self) {
         if let Some(suppressed) = FORWARD_FAILED.admit() {
             record_event!(
@@ -239,7 +240,7 @@ pub struct ConsumerFailed<'a> {
 static CONSUMER_FAILED: RepeatLimiter = RepeatLimiter::new(REPEAT_WINDOW);
 
 impl ConsumerFailed<'_> {
-    /// Logs the event, at most once per window.
+    /// Logs the event unless a line of this kind was logged within the last 10 s.
     pub fn emit(&self) {
         if let Some(suppressed) = CONSUMER_FAILED.admit() {
             tracing::warn!(

@@ -155,7 +155,7 @@ pub const MAX_ERROR_MESSAGE_BYTES: usize = 256;
 /// does not own, then each notifier header once. Replay headers are kept as they were.
 ///
 /// When the current span has a trace context, `traceparent` and `tracestate` point at it,
-/// so the next attempt's span is a child of this one; otherwise they are copied.
+/// so the next attempt's span is a child of this one. Otherwise they are copied.
 pub fn forward_headers<H: Headers>(original: Option<&H>, forward: &Forward<'_>) -> OwnedHeaders {
     forward_headers_with_trace(original, forward, &current_trace_headers())
 }

@@ -1,7 +1,7 @@
 //! Liveness and readiness of the notifier process.
 //!
 //! - Alive (`/healthz`): the process runs and its async runtime serves requests. A
-//!   process that cannot answer is restarted by its supervisor.
+//!   process that cannot respond is restarted by its supervisor.
 //! - Ready (`/readyz`): all of the following hold.
 //!   - The Kafka client is connected: its last statistics report showed at least one
 //!     broker in state `UP`.
@@ -55,7 +55,7 @@ fn state() -> std::sync::MutexGuard<'static, HealthState> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The answer of `/readyz`, with the check that failed.
+/// Readiness as `/readyz` reports it, with the result of each check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Readiness {
     /// True when every check passed.

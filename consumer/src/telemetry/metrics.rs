@@ -1,6 +1,6 @@
 //! Prometheus metrics of the notifier, in base units (seconds, records) with bounded
 //! labels: a topic name, a partition, a retry tier, an error class, a send result or a
-//! configured endpoint name. No label ever holds an event id, an address or error text.
+//! configured endpoint name. No label contains an event id, an address or error text.
 //!
 //! Every name, unit and label is listed in `docs/metrics.md`. Other modules update the
 //! metrics through the functions here, so the names live in one file.
@@ -388,7 +388,7 @@ pub(crate) fn set_assigned_partitions(partitions: usize) {
 /// Takes the per-partition lag and the broker connection state from librdkafka's
 /// statistics, which it emits every `statistics.interval.ms`.
 ///
-/// librdkafka reports a lag of -1 until it knows the committed offset, and keeps
+/// librdkafka reports a lag of -1 until it has the committed offset, and keeps
 /// partitions that are no longer assigned with a lag of -1, so those series are removed
 /// instead of left at their last value.
 pub fn observe_consumer_statistics(statistics: &Statistics) {

@@ -2,7 +2,7 @@
 //! serves both, trace context carried in record headers, and log rate limiting.
 //!
 //! - [`metrics`]: the metric registry and the small functions that update it.
-//! - [`health`]: liveness and readiness state, and the rules that turn it into answers.
+//! - [`health`]: liveness and readiness state, and the rules that evaluate it.
 //! - [`server`]: `/metrics`, `/healthz` and `/readyz` over HTTP/1.1.
 //! - [`trace`]: W3C trace context in Kafka headers, and the per-record span.
 //! - [`ratelimit`]: suppression of repeating log lines, with a count of what was dropped.

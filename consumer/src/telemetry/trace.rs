@@ -6,8 +6,8 @@
 //! carries the context of that span, so one trace shows every attempt.
 //!
 //! Extraction and injection use the global OpenTelemetry propagator. The binary installs
-//! the W3C one when export is configured; otherwise the global propagator is a no-op, no
-//! span has an OpenTelemetry context, and forwarded records keep the headers they came
+//! the W3C one when export is configured. Otherwise the global propagator is a no-op and
+//! no span has an OpenTelemetry context, so forwarded records keep the headers they came
 //! with.
 
 use std::future::Future;
