@@ -7,9 +7,11 @@
 use std::fmt;
 use std::time::Duration;
 
-use txnotify_schemas::ErrorClass;
+use rdkafka::message::{Message, OwnedMessage};
+use txnotify_schemas::{headers, ErrorClass};
 use uuid::Uuid;
 
+use crate::record::header_bytes;
 use crate::stats::Stats;
 use crate::telemetry::metrics;
 use crate::telemetry::ratelimit::RepeatLimiter;
@@ -180,25 +182,32 @@ impl OutcomeUnknown<'_> {
 
 /// The worker took a record from the source topic or a retry tier.
 pub struct RecordConsumed<'a> {
-    /// Topic the record was read from.
-    pub topic: &'a str,
-    /// Partition the record was read from.
-    pub partition: i32,
-    /// Offset of the record.
-    pub offset: i64,
+    /// The record, not yet decoded.
+    pub message: &'a OwnedMessage,
 }
 
 impl RecordConsumed<'_> {
-    /// Logs the event at debug level and counts it.
+    /// Logs the event at debug level and counts it. The event id and attempt come from
+    /// the `event-id` and `txnotify-attempt` headers, because the payload is not decoded
+    /// yet.
     pub fn emit(&self, stats: &Stats) {
         stats.record_consumed();
-        metrics::count_consumed(self.topic);
-        tracing::debug!(
-            topic = self.topic,
-            partition = self.partition,
-            offset = self.offset,
-            "Record consumed."
-        );
+        metrics::count_consumed(self.message.topic());
+        let header_text = |name: &str| {
+            header_bytes(self.message.headers(), name)
+                .and_then(|bytes| std::str::from_utf8(bytes).ok())
+        };
+        let attempts_made: u32 = header_text(headers::ATTEMPT)
+            .and_then(|text| text.parse().ok())
+            .unwrap_or(0);
+        let record = RecordRef {
+            event_id: header_text(headers::EVENT_ID).and_then(|text| text.parse().ok()),
+            topic: self.message.topic(),
+            partition: self.message.partition(),
+            offset: self.message.offset(),
+            attempt: attempts_made.saturating_add(1),
+        };
+        record_event!(debug, record, "Record consumed.");
     }
 }
 

@@ -302,12 +302,7 @@ impl Notifier {
                 received = consumer.recv() => match received {
                     Ok(borrowed) => {
                         let message = borrowed.detach();
-                        RecordConsumed {
-                            topic: message.topic(),
-                            partition: message.partition(),
-                            offset: message.offset(),
-                        }
-                        .emit(&self.stats);
+                        RecordConsumed { message: &message }.emit(&self.stats);
                         if !tracker.start(message.topic(), message.partition(), message.offset()) {
                             tracing::debug!(
                                 topic = message.topic(),
