@@ -40,14 +40,27 @@ pub async fn run(mut config: AppConfig, args: NotifyArgs) -> anyhow::Result<Exit
         .telemetry
         .validate()
         .map_err(|error| anyhow::anyhow!("invalid configuration: {error}"))?;
+    if let Some(interval) = config.kafka.properties.get("statistics.interval.ms") {
+        if interval.trim().parse::<u64>().map_or(true, |ms| ms == 0) {
+            anyhow::bail!(
+                "invalid configuration: kafka.properties sets statistics.interval.ms to {interval:?}, \
+                 but /readyz and the lag metric need librdkafka statistics; remove it or set it to \
+                 a number of milliseconds such as 5000"
+            );
+        }
+    }
     health::set_stall_timeout(Duration::from_millis(config.telemetry.stall_timeout_ms));
     let listener = server::bind(&config.telemetry.listen_address).await?;
+    let bound = listener
+        .local_addr()
+        .map(|address| address.to_string())
+        .unwrap_or_else(|_| config.telemetry.listen_address.clone());
     let (stop_telemetry, telemetry_stopped) = tokio::sync::oneshot::channel::<()>();
     let telemetry_server = tokio::spawn(server::serve(listener, async {
         let _ = telemetry_stopped.await;
     }));
     tracing::info!(
-        listen_address = %config.telemetry.listen_address,
+        listen_address = %bound,
         "Telemetry endpoint serves /metrics, /healthz and /readyz."
     );
 

@@ -120,7 +120,10 @@ listen_address = "{telemetry}"
     }
 
     fn notify(&self, envs: &[(&str, &str)]) -> TxnotifyProcess {
-        TxnotifyProcess::spawn(&["--config", self.config_arg(), "notify"], envs)
+        // The harness sets a free port for every process; this stack's port wins.
+        let mut envs = envs.to_vec();
+        envs.push(("TXNOTIFY_TELEMETRY__LISTEN_ADDRESS", &self.telemetry));
+        TxnotifyProcess::spawn(&["--config", self.config_arg(), "notify"], &envs)
     }
 
     fn publish(&self, lines: &[String], envs: &[(&str, &str)]) -> TxnotifyOutput {
