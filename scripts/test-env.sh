@@ -19,8 +19,11 @@
 # Debian packages that the build and the tests need. rdkafka's ssl feature
 # needs libssl-dev and pkg-config, and librdkafka needs a C toolchain and zlib.
 # The tests use openssl to make certificates, and the kill command from procps
-# to send signals.
-TXNOTIFY_DEBIAN_PACKAGES=(libssl-dev pkg-config openssl procps make gcc g++ zlib1g-dev)
+# to send signals. The deploy checks run promtool from the prometheus package on
+# the alert rules. NOTE: on a host run by systemd the package also enables and
+# starts a Prometheus server on port 9090; `systemctl disable --now prometheus`
+# stops it. CI containers have no init system, so nothing starts there.
+TXNOTIFY_DEBIAN_PACKAGES=(libssl-dev pkg-config openssl procps make gcc g++ zlib1g-dev prometheus)
 
 txnotify_log() {
   echo "test-env: $*" >&2
@@ -98,7 +101,7 @@ txnotify_ensure_venv() {
     "$base_python" -m venv "$venv" >&2 &&
       "$venv/bin/python" -m pip install --disable-pip-version-check --no-input --quiet -r "$requirements" >&2 &&
       "$venv/bin/python" -m pip check >&2 &&
-      "$venv/bin/python" -c 'import aiosmtpd' &&
+      "$venv/bin/python" -c 'import aiosmtpd, yaml' &&
       touch "$venv/.complete"
   ) 9>"$cache/venv.lock" || return 1
   echo "$venv/bin/python"

@@ -4,7 +4,8 @@
 # 1. scripts/test-env.sh installs what the system tests need, each step only
 #    when it is missing:
 #    - Debian packages (libssl-dev, pkg-config, openssl, procps, make, gcc,
-#      g++, zlib1g-dev, and python3-venv if the base Python lacks venv), with
+#      g++, zlib1g-dev, prometheus for promtool, and python3-venv if the base
+#      Python lacks venv), with
 #      apt-get update run once first;
 #    - the Tansu 0.6.0 broker, built by scripts/install-tansu.sh into
 #      ~/.cache/txnotify/tansu-0.6.0/ (the first build took about 30 minutes

@@ -37,6 +37,52 @@ impl Default for ProducerSection {
     }
 }
 
+/// The telemetry HTTP endpoint of `notify`: `/metrics`, `/healthz` and `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetrySection {
+    /// `IP:port` to listen on. The default serves only this host; containers need
+    /// `0.0.0.0:9464` so that probes and Prometheus can reach it.
+    pub listen_address: String,
+    /// Time in-flight records may go without any outcome before `/readyz` reports the
+    /// worker as stalled, in milliseconds.
+    pub stall_timeout_ms: u64,
+    /// Interval between updates of the ledger entry gauge, in milliseconds. Counting
+    /// reads the whole ledger, so keep it in the tens of seconds.
+    pub ledger_gauge_interval_ms: u64,
+}
+
+impl Default for TelemetrySection {
+    fn default() -> Self {
+        Self {
+            listen_address: "127.0.0.1:9464".to_owned(),
+            stall_timeout_ms: 300_000,
+            ledger_gauge_interval_ms: 30_000,
+        }
+    }
+}
+
+impl TelemetrySection {
+    /// Checks the settings and returns a message naming the field at fault.
+    pub fn validate(&self) -> Result<(), String> {
+        txnotify_consumer::telemetry::server::parse_listen_address(&self.listen_address)
+            .map_err(|error| error.to_string())?;
+        if self.stall_timeout_ms < 1_000 {
+            return Err(format!(
+                "telemetry.stall_timeout_ms is {}; set it to 1000 or more, above the longest SMTP send",
+                self.stall_timeout_ms
+            ));
+        }
+        if self.ledger_gauge_interval_ms < 1_000 {
+            return Err(format!(
+                "telemetry.ledger_gauge_interval_ms is {}; set it to 1000 or more",
+                self.ledger_gauge_interval_ms
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -57,6 +103,8 @@ pub struct AppConfig {
     pub dlq: DlqConfig,
     /// Postgres outbox relay.
     pub outbox: OutboxConfig,
+    /// Metrics and health endpoint.
+    pub telemetry: TelemetrySection,
 }
 
 impl AppConfig {
@@ -127,6 +175,47 @@ mod tests {
         assert_eq!(config.kafka.bootstrap_servers, "10.0.0.1:9093");
         assert_eq!(config.notifier.group_id, "g1");
         assert_eq!(config.notifier.source_topic, "transactions.v1");
+    }
+
+    #[test]
+    fn telemetry_settings_are_checked() {
+        // (case, settings, text the error must contain; empty when valid)
+        let cases = [
+            ("defaults", TelemetrySection::default(), ""),
+            (
+                "host name",
+                TelemetrySection {
+                    listen_address: "localhost:9464".into(),
+                    ..TelemetrySection::default()
+                },
+                "telemetry.listen_address \"localhost:9464\"",
+            ),
+            (
+                "zero stall timeout",
+                TelemetrySection {
+                    stall_timeout_ms: 0,
+                    ..TelemetrySection::default()
+                },
+                "telemetry.stall_timeout_ms is 0",
+            ),
+            (
+                "short gauge interval",
+                TelemetrySection {
+                    ledger_gauge_interval_ms: 10,
+                    ..TelemetrySection::default()
+                },
+                "telemetry.ledger_gauge_interval_ms is 10",
+            ),
+        ];
+        for (case, settings, expected) in cases {
+            match settings.validate() {
+                Ok(()) => assert!(expected.is_empty(), "{case}: accepted"),
+                Err(error) => assert!(
+                    !expected.is_empty() && error.contains(expected),
+                    "{case}: {error}"
+                ),
+            }
+        }
     }
 
     #[test]

@@ -2,7 +2,8 @@
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -18,8 +19,11 @@ pub enum LogFormat {
 /// Default filter. lettre logs message bodies at debug level, so it stays at warn.
 const DEFAULT_FILTER: &str = "info,lettre=warn,rdkafka=warn";
 
-/// Installs the global subscriber, writing to stderr.
-pub fn init(format: LogFormat) {
+/// Returns the log layer, writing to stderr and filtered by `RUST_LOG`.
+pub fn layer<S>(format: LogFormat) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+{
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     // A user's RUST_LOG may raise everything to debug; lettre's debug lines still stay off.
@@ -29,16 +33,15 @@ pub fn init(format: LogFormat) {
         LogFormat::Json => true,
         LogFormat::Text => false,
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     if json {
         builder
             .json()
             .flatten_event(true)
             .with_current_span(false)
-            .init();
+            .with_filter(filter)
+            .boxed()
     } else {
-        builder.init();
+        builder.with_filter(filter).boxed()
     }
 }

@@ -9,6 +9,9 @@
 //! - `outbox-relay`: relay a Postgres outbox table to Kafka, create it, prune it
 //!   ([`outbox`]).
 //! - `demo`: the whole pipeline in one process on an embedded broker ([`demo`]).
+//! - `probe`: check a notifier's `/healthz` or `/readyz` ([`probe`]).
+//!
+//! Logs and trace export are set up in [`telemetry`].
 
 mod config;
 mod demo;
@@ -17,7 +20,9 @@ mod logging;
 mod mail_sink;
 mod notify;
 mod outbox;
+mod probe;
 mod publish;
+mod telemetry;
 mod topics;
 
 use std::path::PathBuf;
@@ -59,11 +64,19 @@ enum Command {
     OutboxRelay(outbox::OutboxArgs),
     /// Run the whole pipeline in one process, with no infrastructure, and print a report.
     Demo(demo::DemoArgs),
+    /// Check a running notifier's /healthz or /readyz. Exits 0 on a 200 response, else 1.
+    Probe(probe::ProbeArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format);
+    let telemetry = match telemetry::init(cli.log_format) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -74,18 +87,23 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let code = match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::from(2)
         }
-    }
+    };
+    drop(runtime);
+    telemetry.shutdown();
+    code
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    if let Command::Demo(args) = cli.command {
-        return demo::run(args).await;
+    match cli.command {
+        Command::Demo(args) => return demo::run(args).await,
+        Command::Probe(args) => return probe::run(args).await,
+        _ => {}
     }
     let mut config = config::AppConfig::load(cli.config.as_deref())?;
     if let Some(servers) = cli.bootstrap_servers {
@@ -97,6 +115,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Notify(args) => notify::run(config, args).await,
         Command::Dlq(args) => dlq::run(config, *args).await,
         Command::OutboxRelay(args) => outbox::run(config, args).await,
-        Command::Demo(_) => unreachable!("handled above"),
+        Command::Demo(_) | Command::Probe(_) => unreachable!("handled above"),
     }
 }

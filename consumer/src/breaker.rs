@@ -95,6 +95,10 @@ impl Breaker {
     /// Creates a closed breaker for `endpoint`.
     pub fn new(endpoint: String, config: BreakerConfig) -> Self {
         let (state, _) = watch::channel(BreakerState::Closed);
+        crate::telemetry::metrics::set_breaker_state(
+            &endpoint,
+            crate::telemetry::metrics::BreakerState::Closed,
+        );
         let open_for = Duration::from_millis(config.open_ms);
         Self {
             endpoint,
@@ -180,6 +184,12 @@ impl Breaker {
     }
 
     fn transition(&self, next: BreakerState, failures: u32) {
+        let exported = match next {
+            BreakerState::Closed => crate::telemetry::metrics::BreakerState::Closed,
+            BreakerState::HalfOpen => crate::telemetry::metrics::BreakerState::HalfOpen,
+            BreakerState::Open => crate::telemetry::metrics::BreakerState::Open,
+        };
+        crate::telemetry::metrics::set_breaker_state(&self.endpoint, exported);
         let previous = self.state.send_replace(next);
         if previous != next {
             tracing::warn!(

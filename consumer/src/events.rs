@@ -1,15 +1,23 @@
 //! Named telemetry events. Each occurrence is one type that writes one log line and
-//! updates the counters, so logs and counters cannot disagree.
+//! updates the counters and the Prometheus metrics, so logs and metrics cannot disagree.
 //!
 //! Log lines carry ids in fields (`event_id`, `topic`, `partition`, `offset`,
 //! `attempt`) and never an address, a name or a payload.
 
 use std::fmt;
+use std::time::Duration;
 
-use txnotify_schemas::ErrorClass;
+use rdkafka::message::{Message, OwnedMessage};
+use txnotify_schemas::{headers, ErrorClass};
 use uuid::Uuid;
 
+use crate::record::header_bytes;
 use crate::stats::Stats;
+use crate::telemetry::metrics;
+use crate::telemetry::ratelimit::RepeatLimiter;
+
+/// Shortest interval between two log lines of the same repeating error.
+const REPEAT_WINDOW: Duration = Duration::from_secs(10);
 
 /// Identity of the record an event is about.
 #[derive(Debug, Clone, Copy)]
@@ -56,12 +64,16 @@ pub struct NotificationSent<'a> {
     pub record: RecordRef<'a>,
     /// Final SMTP reply code.
     pub smtp_code: u16,
+    /// Time from the event's `occurred_at` to acceptance; `None` when the clock of the
+    /// producer is ahead of this one.
+    pub end_to_end: Option<Duration>,
 }
 
 impl NotificationSent<'_> {
     /// Logs the event and counts it.
     pub fn emit(&self, stats: &Stats) {
         stats.record_sent();
+        metrics::count_sent(self.end_to_end);
         record_event!(
             info,
             self.record,
@@ -81,6 +93,7 @@ impl DuplicateSkipped<'_> {
     /// Logs the event and counts it.
     pub fn emit(&self, stats: &Stats) {
         stats.record_duplicate();
+        metrics::count_duplicate();
         record_event!(
             info,
             self.record,
@@ -105,6 +118,7 @@ impl RetryScheduled<'_> {
     /// Logs the event and counts it.
     pub fn emit(&self, stats: &Stats) {
         stats.record_retry(self.tier);
+        metrics::count_retry(self.tier);
         record_event!(
             warn,
             self.record,
@@ -130,6 +144,7 @@ impl DeadLettered<'_> {
     /// Logs the event and counts it.
     pub fn emit(&self, stats: &Stats) {
         stats.record_dead_letter(self.class);
+        metrics::count_dead_letter(self.class);
         record_event!(
             warn,
             self.record,
@@ -154,6 +169,7 @@ impl OutcomeUnknown<'_> {
     /// Logs the event and counts it.
     pub fn emit(&self, stats: &Stats) {
         stats.record_unknown_outcome();
+        metrics::count_unknown_outcome();
         record_event!(
             warn,
             self.record,
@@ -161,5 +177,86 @@ impl OutcomeUnknown<'_> {
             resend = self.resend,
             "Send outcome unknown after the message content was transmitted."
         );
+    }
+}
+
+/// The worker took a record from the source topic or a retry tier.
+pub struct RecordConsumed<'a> {
+    /// The record, not yet decoded.
+    pub message: &'a OwnedMessage,
+}
+
+impl RecordConsumed<'_> {
+    /// Logs the event at debug level and counts it. The event id and attempt come from
+    /// the `event-id` and `txnotify-attempt` headers, because the payload is not decoded
+    /// yet.
+    pub fn emit(&self, stats: &Stats) {
+        stats.record_consumed();
+        metrics::count_consumed(self.message.topic());
+        let header_text = |name: &str| {
+            header_bytes(self.message.headers(), name)
+                .and_then(|bytes| std::str::from_utf8(bytes).ok())
+        };
+        let attempts_made: u32 = header_text(headers::ATTEMPT)
+            .and_then(|text| text.parse().ok())
+            .unwrap_or(0);
+        let record = RecordRef {
+            event_id: header_text(headers::EVENT_ID).and_then(|text| text.parse().ok()),
+            topic: self.message.topic(),
+            partition: self.message.partition(),
+            offset: self.message.offset(),
+            attempt: attempts_made.saturating_add(1),
+        };
+        record_event!(debug, record, "Record consumed.");
+    }
+}
+
+/// Kafka refused a retry or dead-letter record; the worker tries again.
+pub struct ForwardFailed<'a> {
+    /// Record being forwarded.
+    pub record: RecordRef<'a>,
+    /// Retry or dead-letter topic.
+    pub target_topic: &'a str,
+    /// Failure reported by the producer.
+    pub error: &'a str,
+}
+
+static FORWARD_FAILED: RepeatLimiter = RepeatLimiter::new(REPEAT_WINDOW);
+
+impl ForwardFailed<'_> {
+    /// Logs the event unless a line of this kind was logged within the last 10 s, for
+    /// any record.
+    pub fn emit(&self) {
+        if let Some(suppressed) = FORWARD_FAILED.admit() {
+            record_event!(
+                error,
+                self.record,
+                target_topic = self.target_topic,
+                error = self.error,
+                suppressed,
+                "Failed to publish a retry or dead-letter record; trying again."
+            );
+        }
+    }
+}
+
+/// The Kafka consumer reported an error, for example a broker that is unreachable.
+pub struct ConsumerFailed<'a> {
+    /// Failure reported by librdkafka.
+    pub error: &'a dyn fmt::Display,
+}
+
+static CONSUMER_FAILED: RepeatLimiter = RepeatLimiter::new(REPEAT_WINDOW);
+
+impl ConsumerFailed<'_> {
+    /// Logs the event unless a line of this kind was logged within the last 10 s.
+    pub fn emit(&self) {
+        if let Some(suppressed) = CONSUMER_FAILED.admit() {
+            tracing::warn!(
+                error = %self.error,
+                suppressed,
+                "Kafka consumer reported an error."
+            );
+        }
     }
 }

@@ -16,6 +16,7 @@
 //! - [`dlq`]: reading, filtering and replaying dead letters, with an audit record.
 //! - [`topics`]: topic names and the settings `topics ensure` applies.
 //! - [`events`] and [`stats`]: telemetry events and counters.
+//! - [`telemetry`]: Prometheus metrics, health, the HTTP endpoint and trace context.
 //! - [`config`]: worker settings and their validation.
 
 pub mod breaker;
@@ -31,5 +32,6 @@ pub mod producer;
 pub mod record;
 pub mod retry;
 pub mod stats;
+pub mod telemetry;
 pub mod topics;
 pub mod worker;

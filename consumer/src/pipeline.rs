@@ -12,20 +12,22 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
 use tokio::sync::watch;
-use txnotify_schemas::{ErrorClass, Limits, TransactionEvent};
+use txnotify_schemas::{headers, ErrorClass, Limits, TransactionEvent};
 
 use crate::breaker::Breaker;
 use crate::changelog::Changelog;
 use crate::config::UnknownOutcomePolicy;
 use crate::email::{build_message, Renderer, SendFailureClass, SmtpSender};
 use crate::events::{
-    DeadLettered, DuplicateSkipped, NotificationSent, OutcomeUnknown, RecordRef, RetryScheduled,
+    DeadLettered, DuplicateSkipped, ForwardFailed, NotificationSent, OutcomeUnknown, RecordRef,
+    RetryScheduled,
 };
 use crate::ledger::{Ledger, LedgerError, Reservation};
 use crate::producer::WorkerProducer;
-use crate::record::{forward_headers, DeliveryState, Forward, Origin};
+use crate::record::{forward_headers, header_bytes, DeliveryState, Forward, Origin};
 use crate::retry::{Decision, RetryPolicy};
 use crate::stats::Stats;
+use crate::telemetry::metrics;
 use crate::topics::TopicNames;
 
 /// Failure that stops the worker: the record stays unacknowledged and is redelivered.
@@ -148,7 +150,9 @@ impl Pipeline {
             attempt,
         };
 
-        match self.ledger.reserve(event.event_id, self.owner, now_ms())? {
+        let reservation = tracing::info_span!("ledger.reserve")
+            .in_scope(|| self.ledger.reserve(event.event_id, self.owner, now_ms()))?;
+        match reservation {
             Reservation::Acquired => {
                 // The reservation must be on disk before the send: a worker killed after
                 // the send then leaves evidence that the outcome is unknown.
@@ -228,9 +232,9 @@ impl Pipeline {
         record: &RecordRef<'_>,
         event: &TransactionEvent,
     ) -> Result<Outcome, PipelineError> {
-        let built = self
-            .renderer
-            .render(event)
+        let render_span = tracing::info_span!("email.render");
+        let built = render_span
+            .in_scope(|| self.renderer.render(event))
             .map_err(|error| error.to_string())
             .and_then(|rendered| {
                 build_message(
@@ -264,13 +268,15 @@ impl Pipeline {
             let error = match self.sender.send(&email).await {
                 Ok(receipt) => {
                     self.breaker.record_success();
-                    let now = now_ms();
-                    self.ledger
-                        .mark_sent(event.event_id, self.owner, &receipt.reply, now)?;
+                    tracing::info_span!("ledger.mark_sent").in_scope(|| {
+                        self.ledger
+                            .mark_sent(event.event_id, self.owner, &receipt.reply, now_ms())
+                    })?;
                     self.append_changelog(state, event).await?;
                     NotificationSent {
                         record: *record,
                         smtp_code: receipt.code,
+                        end_to_end: metrics::latency_since(event.occurred_at),
                     }
                     .emit(&self.stats);
                     return Ok(Outcome::Sent);
@@ -506,14 +512,21 @@ impl Pipeline {
                 }
                 Err((error, _)) => {
                     self.producer.failed();
-                    tracing::error!(
-                        topic,
-                        origin_topic = message.topic(),
-                        partition = message.partition(),
-                        offset = message.offset(),
-                        error = %error,
-                        "Failed to publish a retry or dead-letter record; trying again."
-                    );
+                    let event_id = header_bytes(message.headers(), headers::EVENT_ID)
+                        .and_then(|bytes| std::str::from_utf8(bytes).ok())
+                        .and_then(|text| text.parse().ok());
+                    ForwardFailed {
+                        record: RecordRef {
+                            event_id,
+                            topic: message.topic(),
+                            partition: message.partition(),
+                            offset: message.offset(),
+                            attempt: forward.attempts_made,
+                        },
+                        target_topic: topic,
+                        error: &error.to_string(),
+                    }
+                    .emit();
                 }
             }
             if *shutdown.borrow() {

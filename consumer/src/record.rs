@@ -9,6 +9,7 @@ use rdkafka::message::{Header, Headers, OwnedHeaders};
 use txnotify_schemas::{headers, ErrorClass};
 
 use crate::retry::RetryBudget;
+use crate::telemetry::trace::{current_trace_headers, TraceHeaders};
 
 /// Where a record was first consumed from: the source topic, before any retry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,14 +153,28 @@ pub const MAX_ERROR_MESSAGE_BYTES: usize = 256;
 
 /// Builds the headers of a forwarded record: every header of `original` that the notifier
 /// does not own, then each notifier header once. Replay headers are kept as they were.
+///
+/// When the current span has a trace context, `traceparent` and `tracestate` point at it,
+/// so the next attempt's span is a child of this one. Otherwise they are copied.
 pub fn forward_headers<H: Headers>(original: Option<&H>, forward: &Forward<'_>) -> OwnedHeaders {
+    forward_headers_with_trace(original, forward, &current_trace_headers())
+}
+
+fn forward_headers_with_trace<H: Headers>(
+    original: Option<&H>,
+    forward: &Forward<'_>,
+    trace: &TraceHeaders,
+) -> OwnedHeaders {
+    let replace_trace = trace.traceparent.is_some();
     let mut out = OwnedHeaders::new();
     if let Some(original) = original {
         for header in original.iter() {
             let owned = header.key.starts_with(headers::PREFIX);
             let kept_replay =
                 header.key == headers::REPLAY_ID || header.key == headers::REPLAY_COUNT;
-            if !owned || kept_replay {
+            let replaced = replace_trace
+                && (header.key == headers::TRACEPARENT || header.key == headers::TRACESTATE);
+            if (!owned || kept_replay) && !replaced {
                 out = out.insert(Header {
                     key: header.key,
                     value: header.value,
@@ -175,6 +190,12 @@ pub fn forward_headers<H: Headers>(original: Option<&H>, forward: &Forward<'_>) 
             value: Some(value.as_bytes()),
         });
     };
+    if let Some(traceparent) = &trace.traceparent {
+        set(headers::TRACEPARENT, traceparent.clone());
+        if let Some(tracestate) = &trace.tracestate {
+            set(headers::TRACESTATE, tracestate.clone());
+        }
+    }
     set(headers::ATTEMPT, forward.attempts_made.to_string());
     set(
         headers::FIRST_FAILURE_MS,
@@ -307,6 +328,63 @@ mod tests {
             header_bytes(Some(&thrice), headers::ATTEMPT),
             Some(&b"3"[..])
         );
+    }
+
+    #[test]
+    fn trace_headers_point_at_current_span() {
+        let origin = source();
+        let original = OwnedHeaders::new()
+            .insert(Header {
+                key: headers::TRACEPARENT,
+                value: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+            })
+            .insert(Header {
+                key: headers::TRACESTATE,
+                value: Some("vendor=old"),
+            });
+        let current = "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01";
+        // (case, trace of the current span, expected traceparent, expected tracestate)
+        let cases = [
+            (
+                "no span context: copied",
+                TraceHeaders::default(),
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                Some("vendor=old"),
+            ),
+            (
+                "span context: replaced",
+                TraceHeaders {
+                    traceparent: Some(current.into()),
+                    tracestate: None,
+                },
+                current,
+                None,
+            ),
+            (
+                "span context with state: both replaced",
+                TraceHeaders {
+                    traceparent: Some(current.into()),
+                    tracestate: Some("vendor=new".into()),
+                },
+                current,
+                Some("vendor=new"),
+            ),
+        ];
+        for (case, trace, traceparent, tracestate) in cases {
+            let written = forward_headers_with_trace(Some(&original), &forward(&origin, 1), &trace);
+            let count = |name: &str| written.iter().filter(|h| h.key == name).count();
+            assert_eq!(count(headers::TRACEPARENT), 1, "{case}");
+            assert_eq!(
+                header_bytes(Some(&written), headers::TRACEPARENT),
+                Some(traceparent.as_bytes()),
+                "{case}"
+            );
+            assert_eq!(
+                header_bytes(Some(&written), headers::TRACESTATE),
+                tracestate.map(str::as_bytes),
+                "{case}"
+            );
+        }
     }
 
     #[test]

@@ -37,12 +37,15 @@ use crate::breaker::{Breaker, BreakerState};
 use crate::changelog::{self, Changelog};
 use crate::config::{KafkaConfig, NotifierConfig};
 use crate::email::{Renderer, SmtpSender};
+use crate::events::{ConsumerFailed, RecordConsumed};
 use crate::ledger::Ledger;
 use crate::offsets::{OffsetTracker, TopicPartition};
 use crate::pipeline::{now_ms, Pipeline, PipelineError};
 use crate::producer::WorkerProducer;
 use crate::record::header_bytes;
 use crate::stats::Stats;
+use crate::telemetry::health;
+use crate::telemetry::trace::instrument_record;
 use crate::topics::TopicNames;
 
 /// Failure that stops the worker.
@@ -101,7 +104,11 @@ struct WorkerContext {
     events: mpsc::UnboundedSender<RebalanceEvent>,
 }
 
-impl ClientContext for WorkerContext {}
+impl ClientContext for WorkerContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        crate::telemetry::metrics::observe_consumer_statistics(&statistics);
+    }
+}
 
 impl ConsumerContext for WorkerContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -310,7 +317,9 @@ impl Notifier {
             .set(
                 "max.poll.interval.ms",
                 self.config.max_poll_interval_ms.to_string(),
-            );
+            )
+            // Lag and connection state for /metrics and /readyz come from these reports.
+            .set("statistics.interval.ms", "5000");
         for (key, value) in &self.kafka.properties {
             consumer_config.set(key, value);
         }
@@ -434,6 +443,7 @@ impl Notifier {
                 Some(event) = rebalance_rx.recv() => match event {
                     RebalanceEvent::Assigned(partitions) => {
                         tracing::info!(partitions = ?partitions, "Partitions assigned.");
+                        health::partitions_assigned(&partitions);
                         shared.progressed();
                         let mut fresh = HashSet::new();
                         for key in partitions {
@@ -458,6 +468,7 @@ impl Notifier {
                     }
                     RebalanceEvent::Revoked(partitions) => {
                         tracing::info!(partitions = ?partitions, "Partitions revoked.");
+                        health::partitions_revoked(&partitions);
                         for key in &partitions {
                             assigned.remove(key);
                         }
@@ -525,7 +536,7 @@ impl Notifier {
                 received = consumer.recv() => match received {
                     Ok(borrowed) => {
                         let message = borrowed.detach();
-                        self.stats.record_consumed();
+                        RecordConsumed { message: &message }.emit(&self.stats);
                         shared.progressed();
                         if !shared.tracker().start(message.topic(), message.partition(), message.offset()) {
                             tracing::debug!(
@@ -557,7 +568,7 @@ impl Notifier {
                         dispatch(&lanes, message);
                     }
                     Err(error) => {
-                        tracing::warn!(error = %error, "Kafka consumer reported an error.");
+                        ConsumerFailed { error: &error }.emit();
                     }
                 },
             }
@@ -735,6 +746,7 @@ fn spawn_restore(
             };
             match result {
                 Ok(Ok(restored)) => {
+                    crate::telemetry::metrics::observe_ledger_restore(started.elapsed());
                     tracing::info!(
                         topic = %topic,
                         partition,
@@ -852,7 +864,7 @@ async fn run_lane(
     fatal: mpsc::UnboundedSender<PipelineError>,
 ) {
     while let Some(job) = jobs.recv().await {
-        match pipeline.process(&job.message).await {
+        match instrument_record(&job.message, pipeline.process(&job.message)).await {
             Ok(_) => {
                 let _ = finished.send(Finished {
                     topic: job.message.topic().to_owned(),

@@ -128,19 +128,41 @@ pub enum PublishError {
 /// A record that is queued locally and awaits its acknowledgement.
 pub struct Pending {
     future: DeliveryFuture,
+    /// The `txnotify.publish` span, which ends with the acknowledgement.
+    span: tracing::Span,
+    /// Trace context written to the record.
+    trace: TraceContext,
 }
 
 impl Pending {
+    /// Returns the trace context written to the record's headers.
+    pub fn trace(&self) -> &TraceContext {
+        &self.trace
+    }
+
     /// Waits for the broker's acknowledgement, at most the delivery timeout.
     pub async fn acknowledged(self) -> Result<Delivery, PublishError> {
-        match self.future.await {
+        let result = match self.future.await {
             Ok(Ok(delivery)) => Ok(Delivery {
                 partition: delivery.partition,
                 offset: delivery.offset,
             }),
             Ok(Err((error, _))) => Err(PublishError::Delivery(error)),
             Err(_) => Err(PublishError::Delivery(KafkaError::Canceled)),
+        };
+        match &result {
+            Ok(delivery) => {
+                self.span
+                    .record("messaging.destination.partition.id", delivery.partition);
+                self.span.record("messaging.kafka.offset", delivery.offset);
+            }
+            Err(error) => {
+                self.span
+                    .record("otel.status_code", "ERROR")
+                    .record("error", tracing::field::display(error));
+            }
         }
+        result
     }
 }
 
@@ -253,14 +275,25 @@ impl Publisher {
         payload: &[u8],
         trace: Option<&TraceContext>,
     ) -> Result<Pending, PublishError> {
-        let root;
-        let trace = match trace {
-            Some(trace) => trace,
-            None => {
-                root = TraceContext::new_root();
-                &root
-            }
-        };
+        // The span's parent is the caller's current span, or `trace` when one is given.
+        let span = tracing::info_span!(
+            "txnotify.publish",
+            otel.kind = "producer",
+            otel.status_code = tracing::field::Empty,
+            messaging.system = "kafka",
+            messaging.operation.type = "send",
+            messaging.destination.name = %self.topic,
+            messaging.destination.partition.id = tracing::field::Empty,
+            messaging.kafka.offset = tracing::field::Empty,
+            event_id = %event.event_id,
+            error = tracing::field::Empty,
+        );
+        if let Some(trace) = trace {
+            trace.set_as_parent_of(&span);
+        }
+        let trace = TraceContext::from_span(&span)
+            .or_else(|| trace.cloned())
+            .unwrap_or_else(TraceContext::new_root);
         let event_id = event.event_id.to_string();
         let mut record_headers = OwnedHeaders::new()
             .insert(Header {
@@ -297,7 +330,13 @@ impl Publisher {
         let mut record = record;
         loop {
             match self.producer.send_result(record) {
-                Ok(future) => return Ok(Pending { future }),
+                Ok(future) => {
+                    return Ok(Pending {
+                        future,
+                        span,
+                        trace,
+                    })
+                }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                     if std::time::SystemTime::now() >= deadline {
                         return Err(PublishError::QueueFull {

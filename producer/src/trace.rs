@@ -1,5 +1,14 @@
 //! W3C Trace Context values for the `traceparent` and `tracestate` headers.
+//!
+//! With an OpenTelemetry layer installed, the headers come from the publish span through
+//! the global propagator. Without one, a caller's context is written unchanged, or a new
+//! random root, so the notifier can still group the attempts of one event.
 
+use std::collections::HashMap;
+
+use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::trace::TraceContextExt;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 /// A trace context to write on a published record.
@@ -51,6 +60,63 @@ impl TraceContext {
     pub fn trace_id(&self) -> &str {
         &self.traceparent[3..35]
     }
+
+    /// Returns the context of `span`, or `None` when the span has no OpenTelemetry
+    /// context because export is off or the span is disabled.
+    pub fn from_span(span: &tracing::Span) -> Option<Self> {
+        let context = span.context();
+        if !context.span().span_context().is_valid() {
+            return None;
+        }
+        let mut carrier = Carrier::default();
+        opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.inject_context(&context, &mut carrier);
+        });
+        let traceparent = carrier.0.remove("traceparent")?;
+        let tracestate = carrier
+            .0
+            .remove("tracestate")
+            .filter(|state| !state.is_empty());
+        Self::parse(&traceparent, tracestate.as_deref())
+    }
+
+    /// Makes this context the parent of `span`. Does nothing when export is off.
+    pub fn set_as_parent_of(&self, span: &tracing::Span) {
+        let mut carrier = Carrier::default();
+        carrier
+            .0
+            .insert("traceparent".into(), self.traceparent.clone());
+        if let Some(state) = &self.tracestate {
+            carrier.0.insert("tracestate".into(), state.clone());
+        }
+        let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.extract(&carrier)
+        });
+        if parent.span().span_context().is_valid() {
+            // Fails only for a disabled span, which has nothing to link.
+            let _ = span.set_parent(parent);
+        }
+    }
+}
+
+/// Header map for the propagator.
+#[derive(Default)]
+struct Carrier(HashMap<String, String>);
+
+impl Injector for Carrier {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key.to_owned(), value);
+    }
+}
+
+impl Extractor for Carrier {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(String::as_str).collect()
+    }
 }
 
 #[cfg(test)]
@@ -62,6 +128,12 @@ mod tests {
         let context = TraceContext::new_root();
         assert!(TraceContext::parse(&context.traceparent, None).is_some());
         assert_eq!(context.trace_id().len(), 32);
+    }
+
+    #[test]
+    fn span_without_exporter_has_no_context() {
+        let span = tracing::info_span!("test");
+        assert_eq!(TraceContext::from_span(&span), None);
     }
 
     #[test]

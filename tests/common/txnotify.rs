@@ -67,6 +67,10 @@ impl TxnotifyProcess {
                 command.env_remove(name);
             }
         }
+        // Port 0 lets each notifier's telemetry endpoint take a free port, so tests that
+        // run notifiers at the same time do not collide on the default 9464. A test
+        // that scrapes the endpoint passes its own address in `envs`.
+        command.env("TXNOTIFY_TELEMETRY__LISTEN_ADDRESS", "127.0.0.1:0");
         command.envs(envs.iter().copied());
 
         let process = ManagedProcess::spawn(

@@ -46,11 +46,13 @@ use lettre::{Address, Message};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::time::{timeout, Instant};
+use tracing::Instrument;
 
 pub use self::config::{ConfigError, SmtpConfig, TlsMode};
 pub use self::error::{ConnectionFailure, Phase, SendError, SendFailureClass};
 use self::tls::{TlsSetup, TlsTokioStream};
 use super::text::clean_line;
+use crate::telemetry::metrics::{self, SendResult};
 
 /// Longest reply text kept in a [`SmtpReceipt`], in characters.
 const MAX_RECEIPT_REPLY_CHARS: usize = 120;
@@ -152,7 +154,28 @@ impl SmtpSender {
     /// had closed a reused connection, the failure shows at MAIL, before any
     /// part of the message reached the server, so the message is sent once
     /// more on a new connection.
+    ///
+    /// Runs in an `smtp.send` span and records the duration and result in
+    /// `txnotify_smtp_send_duration_seconds`.
     pub async fn send(&self, message: &Message) -> Result<SmtpReceipt, SendError> {
+        let started = Instant::now();
+        let result = self
+            .send_untimed(message)
+            .instrument(tracing::info_span!("smtp.send"))
+            .await;
+        let outcome = match &result {
+            Ok(_) => SendResult::Accepted,
+            Err(error) => match error.class() {
+                SendFailureClass::Transient => SendResult::Transient,
+                SendFailureClass::Permanent => SendResult::Permanent,
+                SendFailureClass::UnknownOutcome => SendResult::UnknownOutcome,
+            },
+        };
+        metrics::observe_smtp_send(started.elapsed(), outcome);
+        result
+    }
+
+    async fn send_untimed(&self, message: &Message) -> Result<SmtpReceipt, SendError> {
         let envelope = message.envelope();
         if envelope.to().is_empty() {
             return Err(SendError::InvalidRecipient);
