@@ -72,11 +72,12 @@ fn read_line(reader: &mut impl BufRead, limit: usize) -> std::io::Result<Option<
 
 /// Runs the command.
 pub async fn run(config: AppConfig, args: PublishArgs) -> anyhow::Result<ExitCode> {
+    // The Kafka and notifier sections name the brokers, the topic and the payload limit.
+    config.validate_common()?;
     let publisher_config = config.publisher();
     publisher_config
         .validate()
         .map_err(|message| anyhow::anyhow!("invalid configuration: {message}"))?;
-    let publisher = Publisher::new(&publisher_config)?;
     let limit = publisher_config.max_payload_bytes;
 
     let input: Box<dyn Read> = if args.input.as_os_str() == "-" {
@@ -91,6 +92,7 @@ pub async fn run(config: AppConfig, args: PublishArgs) -> anyhow::Result<ExitCod
         Box::new(file)
     };
     let mut reader = BufReader::new(input);
+    let publisher = Publisher::new(&publisher_config)?;
 
     let mut published = 0u64;
     let mut rejected = 0u64;

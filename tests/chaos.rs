@@ -430,9 +430,9 @@ fn chaos_f_sigterm_during_load() {
 
     let mut notifier = stack.notify_with(&FAST_GROUP);
     stack.smtp.wait_for_messages(300, Duration::from_secs(60));
-    let asked = Instant::now();
+    let stop_requested = Instant::now();
     let status = notifier.stop_within(Duration::from_secs(15));
-    let exit_seconds = asked.elapsed().as_secs_f64();
+    let exit_seconds = stop_requested.elapsed().as_secs_f64();
     assert!(
         status.success(),
         "f: notify exited with {status}:\n{}",

@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    payment_service_bin, post_json, require_system_tests, run_txnotify, unique_name, Broker,
-    SmtpServer, TestDatabase, TxnotifyProcess,
+    http_get, payment_service_bin, post_json, require_system_tests, run_txnotify, unique_name,
+    Broker, SmtpServer, TestDatabase, TxnotifyProcess,
 };
 use serde_json::{json, Value};
 
@@ -169,6 +169,13 @@ from = "Payments <payments@txnotify.test>"
     smtp.stop();
     broker.stop();
     let (statuses_down, p99_down) = measure(&address, REQUESTS);
+    let scraped = http_get(&address, "/metrics", Duration::from_secs(10));
+    let backlog: u64 = scraped
+        .body
+        .lines()
+        .find_map(|line| line.strip_prefix("txnotify_spool_backlog_records "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no spool backlog in /metrics:\n{}", scraped.body));
     service.stop();
 
     eprintln!("POST /transactions p99: {p99_up:?} with everything up, {p99_down:?} with broker, SMTP and notifier down");
@@ -182,6 +189,8 @@ from = "Payments <payments@txnotify.test>"
     );
     assert!(p99_up < LATENCY_CLASS, "p99 while up is {p99_up:?}");
     assert!(p99_down < LATENCY_CLASS, "p99 while down is {p99_down:?}");
+    // With the broker down nothing leaves the spool, so every request made then waits.
+    assert!(backlog >= REQUESTS as u64, "spool backlog is {backlog}");
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Circuit breaker per SMTP endpoint.
 //!
-//! An outage of the SMTP server is not a bad message. Consecutive transient failures
+//! An outage of the SMTP server is not a bad message. Consecutive connection-level failures
 //! open the breaker, and while it is open the worker pauses every partition and the
 //! lanes hold their records instead of spending retries, so an outage turns into
 //! consumer lag rather than retries and dead letters. After the open interval the
@@ -17,11 +17,11 @@ use tokio::sync::watch;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BreakerConfig {
-    /// Consecutive transient failures that open the breaker.
+    /// Consecutive connection-level failures that open the breaker.
     pub failure_threshold: u32,
     /// First wait before a probe, in milliseconds.
     pub open_ms: u64,
-    /// Longest wait between probes, in milliseconds.
+    /// Maximum wait between probes, in milliseconds.
     pub max_open_ms: u64,
 }
 
@@ -116,7 +116,7 @@ impl Breaker {
         *self.state.borrow()
     }
 
-    /// Returns a receiver that sees every state change.
+    /// Returns a receiver of every state change.
     pub fn subscribe(&self) -> watch::Receiver<BreakerState> {
         self.state.subscribe()
     }
@@ -127,7 +127,7 @@ impl Breaker {
         counters.consecutive_failures = 0;
     }
 
-    /// Records a transient failure and returns true when the breaker is open afterwards.
+    /// Records a connection-level failure and returns true when the breaker is open afterwards.
     pub fn record_failure(&self) -> bool {
         let mut counters = self.counters.lock().expect("breaker lock");
         counters.consecutive_failures = counters.consecutive_failures.saturating_add(1);

@@ -55,7 +55,7 @@ pub enum RestoreError {
     Ledger(#[from] LedgerError),
 }
 
-/// What one restore did.
+/// Counts of one restore.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Restored {
     /// First offset read.

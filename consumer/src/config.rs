@@ -171,6 +171,13 @@ impl NotifierConfig {
                 self.drain_timeout_ms, self.session_timeout_ms
             ));
         }
+        if self.max_poll_interval_ms < self.session_timeout_ms {
+            return Err(format!(
+                "notifier.max_poll_interval_ms ({}) must be at least notifier.session_timeout_ms ({}); \
+                 librdkafka rejects a smaller value",
+                self.max_poll_interval_ms, self.session_timeout_ms
+            ));
+        }
         if self.commit_interval_ms == 0 {
             return Err("notifier.commit_interval_ms is 0; set it to 1000 or similar".into());
         }

@@ -39,6 +39,10 @@ pub enum PipelineError {
     /// The worker is shutting down and the record has no durable outcome yet.
     #[error("shutdown before the outcome of the record was durable")]
     ShuttingDown,
+    /// The record's partition was revoked, or the worker is stopping, before its send
+    /// began; the partition's next owner reads it again.
+    #[error("partition revoked before the send began")]
+    Fenced,
 }
 
 /// Everything a lane needs to process records.
@@ -113,7 +117,14 @@ impl Pipeline {
     /// 4. Render, build and send the email.
     /// 5. Record the outcome in the ledger, or route the failure to a retry tier or the
     ///    dead-letter topic.
-    pub async fn process(&self, message: &OwnedMessage) -> Result<Outcome, PipelineError> {
+    ///
+    /// `current` returns false once the record's partition was revoked; the record then
+    /// stops before its send with [`PipelineError::Fenced`].
+    pub async fn process(
+        &self,
+        message: &OwnedMessage,
+        current: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Outcome, PipelineError> {
         let here = here(message);
         let state = match DeliveryState::from_headers(message.headers(), here.clone()) {
             Ok(state) => state,
@@ -222,6 +233,10 @@ impl Pipeline {
             },
         }
 
+        if !current() {
+            self.ledger.release(event.event_id, self.owner)?;
+            return Err(PipelineError::Fenced);
+        }
         self.send(message, &state, &record, &event).await
     }
 

@@ -2,7 +2,7 @@
 //! stops working.
 //!
 //! An idempotent producer can reach a state it never leaves: a fatal idempotence error,
-//! or a broker that answers every request of the old producer id with an error after it
+//! or a broker that rejects every request of the old producer id after it
 //! was stalled (seen with Tansu 0.6.0 after SIGSTOP and SIGCONT). Every write of the
 //! worker is tried again until it is acknowledged, so a producer that fails many times
 //! in a row is replaced by a new one with a new producer id.

@@ -80,6 +80,11 @@ struct Shared {
     tracker: Mutex<OffsetTracker>,
     held: Mutex<HashMap<TopicPartition, VecDeque<OwnedMessage>>>,
     drain_timeout: Duration,
+    /// Assignment generation of each partition. A revoke bumps it, so records queued for
+    /// the old assignment are skipped instead of sent after the partition moved on.
+    generations: Mutex<HashMap<TopicPartition, u64>>,
+    /// Set at shutdown: lanes finish the record they are sending and skip the rest.
+    stopping: std::sync::atomic::AtomicBool,
     /// Time of the last finished record or consumed message, in epoch milliseconds.
     last_progress_ms: std::sync::atomic::AtomicI64,
 }
@@ -91,6 +96,28 @@ impl Shared {
 
     fn held(&self) -> MutexGuard<'_, HashMap<TopicPartition, VecDeque<OwnedMessage>>> {
         self.held.lock().expect("held records lock")
+    }
+
+    fn generation(&self, key: &TopicPartition) -> u64 {
+        self.generations
+            .lock()
+            .expect("generations lock")
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn fence(&self, keys: &[TopicPartition]) {
+        let mut generations = self.generations.lock().expect("generations lock");
+        for key in keys {
+            *generations.entry(key.clone()).or_default() += 1;
+        }
+    }
+
+    /// Returns true while a record dispatched at `generation` may still be sent.
+    fn is_current(&self, key: &TopicPartition, generation: u64) -> bool {
+        !self.stopping.load(std::sync::atomic::Ordering::SeqCst)
+            && self.generation(key) == generation
     }
 
     fn progressed(&self) {
@@ -144,6 +171,9 @@ impl WorkerContext {
     /// Drains revoked partitions: drops held records, waits for in-flight records to
     /// become durable within the drain deadline, commits synchronously, then forgets them.
     fn drain(&self, consumer: &BaseConsumer<Self>, revoked: &[TopicPartition]) {
+        // Queued records of these partitions are skipped from now on, so only the sends
+        // already under way are waited for.
+        self.shared.fence(revoked);
         {
             let mut held = self.shared.held();
             let mut tracker = self.shared.tracker();
@@ -221,6 +251,8 @@ fn partition_list<'a>(
 /// A record handed to a lane.
 struct Job {
     message: OwnedMessage,
+    /// Assignment generation of the record's partition when it was dispatched.
+    generation: u64,
 }
 
 /// A record whose outcome is known, on its way to becoming durable.
@@ -287,6 +319,8 @@ impl Notifier {
             tracker: Mutex::new(OffsetTracker::new()),
             held: Mutex::new(HashMap::new()),
             drain_timeout: Duration::from_millis(self.config.drain_timeout_ms),
+            generations: Mutex::new(HashMap::new()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             last_progress_ms: std::sync::atomic::AtomicI64::new(now_ms()),
         });
         let (rebalance_tx, mut rebalance_rx) = mpsc::unbounded_channel();
@@ -400,6 +434,7 @@ impl Notifier {
             lanes.push(lane_tx);
             lane_tasks.spawn(run_lane(
                 pipeline.clone(),
+                shared.clone(),
                 lane_rx,
                 finished_tx.clone(),
                 fatal_tx.clone(),
@@ -565,7 +600,7 @@ impl Notifier {
                                 }
                             }
                         }
-                        dispatch(&lanes, message);
+                        dispatch(&shared, &lanes, message);
                     }
                     Err(error) => {
                         ConsumerFailed { error: &error }.emit();
@@ -574,7 +609,10 @@ impl Notifier {
             }
         }
 
-        // Drain: stop the lanes from taking more work and let the in-flight records finish.
+        // Drain: lanes finish the sends under way and skip their queued records.
+        shared
+            .stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         {
             let mut held = shared.held();
             let mut tracker = shared.tracker();
@@ -638,9 +676,16 @@ fn lane_of(message: &OwnedMessage, lanes: usize) -> usize {
     usize::try_from(hasher.finish() % lanes as u64).unwrap_or(0)
 }
 
-fn dispatch(lanes: &[mpsc::UnboundedSender<Job>], message: OwnedMessage) {
+fn dispatch(shared: &Shared, lanes: &[mpsc::UnboundedSender<Job>], message: OwnedMessage) {
     let lane = lane_of(&message, lanes.len());
-    if lanes[lane].send(Job { message }).is_err() {
+    let generation = shared.generation(&(message.topic().to_owned(), message.partition()));
+    if lanes[lane]
+        .send(Job {
+            message,
+            generation,
+        })
+        .is_err()
+    {
         tracing::error!(lane, "A lane stopped; the record will be redelivered.");
     }
 }
@@ -710,7 +755,7 @@ async fn release_due(
             schedule_release(key.clone(), wait, signal_tx);
             return;
         }
-        dispatch(lanes, message);
+        dispatch(shared, lanes, message);
     }
     resume(consumer, shared, breaker, std::slice::from_ref(key));
 }
@@ -859,18 +904,33 @@ fn waiting_records(consumer: &StreamConsumer<WorkerContext>, partitions: &[Topic
 
 async fn run_lane(
     pipeline: Arc<Pipeline>,
+    shared: Arc<Shared>,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     finished: mpsc::UnboundedSender<Finished>,
     fatal: mpsc::UnboundedSender<PipelineError>,
 ) {
     while let Some(job) = jobs.recv().await {
-        match instrument_record(&job.message, pipeline.process(&job.message)).await {
+        let key = (job.message.topic().to_owned(), job.message.partition());
+        let generation = job.generation;
+        let current = || shared.is_current(&key, generation);
+        let result = if current() {
+            instrument_record(&job.message, pipeline.process(&job.message, &current)).await
+        } else {
+            Err(PipelineError::Fenced)
+        };
+        match result {
             Ok(_) => {
                 let _ = finished.send(Finished {
-                    topic: job.message.topic().to_owned(),
-                    partition: job.message.partition(),
+                    topic: key.0,
+                    partition: key.1,
                     offset: job.message.offset(),
                 });
+            }
+            Err(PipelineError::Fenced) => {
+                // The record is read again by the partition's next owner.
+                shared
+                    .tracker()
+                    .abandon(&key.0, key.1, job.message.offset());
             }
             Err(PipelineError::ShuttingDown) => return,
             Err(error) => {

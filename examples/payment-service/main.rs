@@ -148,6 +148,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/transactions", post(complete_transaction))
+        .route("/metrics", get(metrics))
         .with_state(sink.clone());
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -168,6 +169,14 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Serves the Prometheus metrics, with the spool backlog read at scrape time.
+async fn metrics(State(sink): State<Arc<Sink>>) -> String {
+    if let Sink::Spool { spool, .. } = sink.as_ref() {
+        txnotify_consumer::telemetry::metrics::set_spool_backlog(spool.stats().backlog_entries);
+    }
+    txnotify_consumer::telemetry::metrics::encode()
 }
 
 async fn open_sink(args: &Args) -> anyhow::Result<Sink> {

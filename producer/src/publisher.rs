@@ -57,7 +57,7 @@ impl PublisherConfig {
         }
         if self.topic.trim().is_empty() {
             return Err(
-                "producer.topic is empty; set it to the source topic, for example transactions.v1"
+                "notifier.source_topic is empty; set it to the source topic, for example transactions.v1"
                     .into(),
             );
         }
@@ -72,7 +72,7 @@ impl PublisherConfig {
         }
         if self.max_payload_bytes < 1024 {
             return Err(format!(
-                "producer.max_payload_bytes is {}; set it to 1024 or more",
+                "notifier.max_payload_bytes is {}; set it to 1024 or more",
                 self.max_payload_bytes
             ));
         }

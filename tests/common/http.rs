@@ -15,16 +15,26 @@ pub struct HttpResponse {
 /// Sends `POST path` with a JSON body to `address` on a new connection and reads the
 /// whole response. Panics if the server does not respond within `timeout`.
 pub fn post_json(address: &str, path: &str, body: &str, timeout: Duration) -> HttpResponse {
-    let started = Instant::now();
-    let mut stream = TcpStream::connect(address)
-        .unwrap_or_else(|error| panic!("failed to connect to {address}: {error}"));
-    stream.set_read_timeout(Some(timeout)).unwrap();
-    stream.set_nodelay(true).unwrap();
     let request = format!(
         "POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
+    exchange(address, path, &request, timeout)
+}
+
+/// Sends `GET path` to `address` on a new connection and reads the whole response.
+pub fn get(address: &str, path: &str, timeout: Duration) -> HttpResponse {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    exchange(address, path, &request, timeout)
+}
+
+fn exchange(address: &str, path: &str, request: &str, timeout: Duration) -> HttpResponse {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(address)
+        .unwrap_or_else(|error| panic!("failed to connect to {address}: {error}"));
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    stream.set_nodelay(true).unwrap();
     stream.write_all(request.as_bytes()).unwrap();
     let mut response = Vec::new();
     stream

@@ -31,7 +31,7 @@ mod txnotify;
 #[allow(unused_imports)]
 pub use {
     broker::Broker,
-    http::{post_json, HttpResponse},
+    http::{get as http_get, post_json, HttpResponse},
     kafka::{create_topic, read_topic, TopicRecord},
     postgres::{postgres_server, TestDatabase},
     process::ManagedProcess,
