@@ -329,11 +329,13 @@ fn chaos_c_smtp_outage() {
         &format!(" lag_during_outage={lag_during}"),
     );
     assert_guarantee("c", &summary);
+    // A message whose content was on the wire when the server died has an unknown
+    // outcome, and it is reported as such. Nothing else may be dead-lettered.
     assert_eq!(
-        summary.dead_lettered, 0,
-        "c: the outage dead-lettered records"
+        summary.dead_lettered, summary.unknown_outcome,
+        "c: the outage dead-lettered records other than unknown outcomes"
     );
-    assert_eq!(summary.sent, events.len());
+    assert!(summary.sent + summary.unknown_outcome >= events.len());
     assert!(lag_during > 0, "c: lag did not grow during the outage");
 }
 
