@@ -457,6 +457,7 @@ impl Notifier {
             (self.config.stall_timeout_ms / 4).max(100),
         ));
         let mut stall_warned = false;
+        let mut idle_lag: Option<(i64, i64)> = None;
         let buffer_limit = self.config.max_in_flight * BUFFER_PER_LANE;
         let mut backpressure = false;
         let mut backpressure_tick = tokio::time::interval(Duration::from_millis(50));
@@ -553,16 +554,21 @@ impl Notifier {
                     }
                 }
                 _ = watchdog.tick() => {
-                    let stalled = check_stall(
-                        &consumer,
-                        &shared,
-                        &assigned,
-                        &restoring,
-                        &breaker,
-                        self.config.stall_timeout_ms,
-                        &mut stall_warned,
-                    )
-                    .await;
+                    let stalled = if assigned.is_empty() {
+                        check_idle_member(&consumer, &names.source, self.config.stall_timeout_ms, &mut idle_lag).await
+                    } else {
+                        idle_lag = None;
+                        check_stall(
+                            &consumer,
+                            &shared,
+                            &assigned,
+                            &restoring,
+                            &breaker,
+                            self.config.stall_timeout_ms,
+                            &mut stall_warned,
+                        )
+                        .await
+                    };
                     if let Some(error) = stalled {
                         fatal = Some(error);
                         break;
@@ -819,6 +825,73 @@ fn spawn_restore(
 
 /// Returns an error when assigned, resumed partitions have had records waiting without
 /// progress for `stall_timeout_ms`; warns loudly at half that time.
+/// Returns an error when this member has no partitions while the group's lag on the
+/// source topic stays unchanged for `stall_timeout_ms`: nobody consumes, so the group is
+/// stuck and a rejoin is needed. `state` keeps the last lag and when it was first seen.
+async fn check_idle_member(
+    consumer: &Arc<StreamConsumer<WorkerContext>>,
+    source: &str,
+    stall_timeout_ms: u64,
+    state: &mut Option<(i64, i64)>,
+) -> Option<WorkerError> {
+    let lag = {
+        let consumer = consumer.clone();
+        let source = source.to_owned();
+        tokio::task::spawn_blocking(move || group_lag(&consumer, &source))
+            .await
+            .ok()
+            .flatten()?
+    };
+    let now = now_ms();
+    match *state {
+        _ if lag == 0 => {
+            *state = None;
+            None
+        }
+        Some((previous, since)) if previous == lag => {
+            let idle_ms = now - since;
+            if idle_ms >= i64::try_from(stall_timeout_ms).unwrap_or(i64::MAX) {
+                let seconds = u64::try_from(idle_ms / 1000).unwrap_or(0);
+                tracing::error!(seconds, lag, "No partitions assigned while the group's lag stays unchanged; rejoining the group.");
+                return Some(WorkerError::Stalled { seconds });
+            }
+            None
+        }
+        _ => {
+            *state = Some((lag, now));
+            None
+        }
+    }
+}
+
+/// Returns the group's total lag on `topic`, from committed and end offsets.
+fn group_lag(consumer: &StreamConsumer<WorkerContext>, topic: &str) -> Option<i64> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .ok()?;
+    let partitions = metadata.topics().first()?.partitions().len();
+    let mut list = TopicPartitionList::new();
+    for partition in 0..partitions {
+        list.add_partition(topic, i32::try_from(partition).ok()?);
+    }
+    let committed = consumer
+        .committed_offsets(list, Duration::from_secs(5))
+        .ok()?;
+    let mut lag = 0;
+    for element in committed.elements() {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, element.partition(), Duration::from_secs(5))
+            .ok()?;
+        let done = element
+            .offset()
+            .to_raw()
+            .filter(|offset| *offset >= 0)
+            .unwrap_or(low);
+        lag += (high - done).max(0);
+    }
+    Some(lag)
+}
+
 async fn check_stall(
     consumer: &Arc<StreamConsumer<WorkerContext>>,
     shared: &Shared,
