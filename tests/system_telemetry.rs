@@ -57,7 +57,7 @@ properties = {{ "statistics.interval.ms" = "1000" }}
 
 [topics]
 partitions = {PARTITIONS}
-retry_partitions = {PARTITIONS}
+dlq_partitions = {PARTITIONS}
 replication_factor = 1
 
 [notifier]
