@@ -177,7 +177,9 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), total);
-        assert_eq!(total, 10);
+        // event-id, traceparent, first-failure, deadline, four origin headers, group and
+        // the three replay headers.
+        assert_eq!(total, 12);
     }
 
     #[test]
