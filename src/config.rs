@@ -21,9 +21,9 @@ use txnotify_producer::PublisherConfig;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProducerSection {
-    /// Longest wait for room in the local send queue, in milliseconds.
+    /// Maximum wait for room in the local send queue, in milliseconds.
     pub enqueue_timeout_ms: u64,
-    /// Longest time librdkafka keeps trying to deliver a record, in milliseconds.
+    /// Maximum time librdkafka keeps trying to deliver a record, in milliseconds.
     pub delivery_timeout_ms: u64,
 }
 

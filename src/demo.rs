@@ -41,7 +41,7 @@ pub struct DemoArgs {
     /// Events published a second time with the same `event_id`, at most `events` - 10.
     #[arg(long, default_value_t = 25)]
     pub duplicates: u32,
-    /// Longest time to wait for every record to be accounted for, in seconds.
+    /// Maximum time to wait for every record to be accounted for, in seconds.
     #[arg(long, default_value_t = 120)]
     pub timeout_secs: u64,
 }
@@ -52,7 +52,7 @@ const FIRST_DUPLICATE: usize = 10;
 const GROUP: &str = "txnotify-demo";
 const SOURCE_TOPIC: &str = "transactions.v1";
 
-/// What the inputs imply the pipeline must report.
+/// Counts the inputs imply the pipeline must report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Expected {
     records: u64,

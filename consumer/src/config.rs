@@ -61,7 +61,7 @@ impl KafkaConfig {
     }
 }
 
-/// What to do with a send whose outcome is unknown.
+/// Policy for a send whose outcome is unknown.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum UnknownOutcomePolicy {
@@ -98,7 +98,7 @@ pub struct NotifierConfig {
     pub drain_timeout_ms: u64,
     /// Delivery timeout of retry and dead-letter records, in milliseconds.
     pub produce_timeout_ms: u64,
-    /// Longest time to restore one partition's ledger from the changelog, in milliseconds.
+    /// Maximum time to restore one partition's ledger from the changelog, in milliseconds.
     pub restore_timeout_ms: u64,
     /// Time without progress, while records wait, after which the consumer restarts, in
     /// milliseconds.

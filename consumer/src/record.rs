@@ -11,7 +11,7 @@ use txnotify_schemas::{headers, ErrorClass};
 use crate::retry::RetryBudget;
 use crate::telemetry::trace::{current_trace_headers, TraceHeaders};
 
-/// Where a record was first consumed from: the source topic, before any retry.
+/// Source position of a record: where it was first consumed, before any retry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
     /// Source topic.
@@ -33,7 +33,7 @@ pub struct DeliveryState {
     pub budget: RetryBudget,
     /// Earliest time of the next attempt, for records read from a retry tier.
     pub not_before_ms: Option<i64>,
-    /// Where the record came from first.
+    /// Source position of the record.
     pub origin: Origin,
 }
 
@@ -43,7 +43,7 @@ pub struct DeliveryState {
 pub struct HeaderError {
     /// Header name.
     pub name: &'static str,
-    /// What the value should look like.
+    /// Expected form of the value.
     pub expected: &'static str,
 }
 
@@ -142,13 +142,13 @@ pub struct Forward<'a> {
     pub class: ErrorClass,
     /// Short failure message with no personal data.
     pub message: &'a str,
-    /// Where the record came from first.
+    /// Source position of the record.
     pub origin: &'a Origin,
     /// Consumer group that failed to deliver it.
     pub group: &'a str,
 }
 
-/// Longest error message written to a header, in bytes.
+/// Maximum length of the error message written to a header, in bytes.
 pub const MAX_ERROR_MESSAGE_BYTES: usize = 256;
 
 /// Builds the headers of a forwarded record: every header of `original` that the notifier

@@ -103,7 +103,7 @@ pub struct RetryBudget {
     pub deadline_ms: Option<i64>,
 }
 
-/// What happens to a record whose attempt failed.
+/// Next step for a record whose attempt failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Publish to retry tier `tier` (1-based), to be attempted at `not_before_ms`.

@@ -826,7 +826,7 @@ fn spawn_restore(
 /// Returns an error when assigned, resumed partitions have had records waiting without
 /// progress for `stall_timeout_ms`; warns loudly at half that time.
 /// Returns an error when this member has no partitions while the group's lag on the
-/// source topic stays unchanged for `stall_timeout_ms`: nobody consumes, so the group is
+/// source topic stays unchanged for `stall_timeout_ms`. No member consumes then, so the group is
 /// stuck and a rejoin is needed. `state` keeps the last lag and when it was first seen.
 async fn check_idle_member(
     consumer: &Arc<StreamConsumer<WorkerContext>>,

@@ -20,9 +20,9 @@ pub struct PublisherConfig {
     pub bootstrap_servers: String,
     /// Topic to publish to.
     pub topic: String,
-    /// Longest wait for room in the local send queue, in milliseconds.
+    /// Maximum wait for room in the local send queue, in milliseconds.
     pub enqueue_timeout_ms: u64,
-    /// Longest time librdkafka keeps trying to deliver a record, in milliseconds.
+    /// Maximum time librdkafka keeps trying to deliver a record, in milliseconds.
     pub delivery_timeout_ms: u64,
     /// Largest accepted event payload, in bytes.
     pub max_payload_bytes: usize,
@@ -88,7 +88,7 @@ impl PublisherConfig {
     }
 }
 
-/// Where a record landed.
+/// Partition and offset of a published record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delivery {
     /// Partition of the record.
